@@ -1,0 +1,42 @@
+"""The `mlx-grpo` command line: one click group; each sub-module adds its own commands.
+
+Every UserError (and any OSError about a path the user named) becomes one line on stderr and exit
+code 2; a traceback is reserved for bugs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from mlx_grpo import __version__
+from mlx_grpo.errors import UserError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="mlx-grpo")
+def cli():
+    """GRPO fine-tuning of small language models with LoRA on MLX (Countdown by default)."""
+
+
+def _register() -> None:
+    # Imported here so that each module can import `cli` above without a cycle.
+    from mlx_grpo.cli import data  # noqa: F401
+
+
+def main(argv=None) -> None:
+    _register()
+    try:
+        cli.main(args=argv, prog_name="mlx-grpo", standalone_mode=False)
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)

@@ -1,0 +1,228 @@
+"""The one training configuration: defaults < config file (YAML/TOML) < command line.
+
+Each field maps to a GRPO symbol where one exists (G, μ, β, ε). The dataclass validates itself on
+creation, so a bad value fails before any model is loaded or any file is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from mlx_grpo.errors import UserError
+
+LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+@dataclass
+class TrainConfig:
+    # --- model -----------------------------------------------------------------------------
+    model: str = "Qwen/Qwen3-0.6B"  # hub id or local path, loaded by mlx_lm.load
+    quantize: Optional[int] = None  # 4 or 8: quantize the base on load (QLoRA)
+    dtype: str = "auto"  # auto: float32 on CPU (bf16 matmul is slow there), stored dtype elsewhere
+    trust_remote_code: bool = False
+    # --- data ------------------------------------------------------------------------------
+    dataset: str = "Jiayi-Pan/Countdown-Tasks-3to4"  # hub id, local file, or "generate"
+    num_samples: int = 1000  # tasks drawn (after a seeded shuffle), as the original notebook
+    test_size: float = 0.1  # fraction of those held out for evaluation
+    enable_thinking: bool = True  # Qwen3 chat-template switch
+    prefill: str = ""  # text the assistant turn starts with, e.g. "<think>"
+    # --- rollout ---------------------------------------------------------------------------
+    batch_size: int = 4  # B: prompts per step
+    num_generations: int = 8  # G: completions per prompt
+    max_completion_length: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    # --- objective -------------------------------------------------------------------------
+    rewards: list = field(default_factory=lambda: ["format", "equation"])  # "name[=weight]"
+    loss_type: str = "dapo"
+    scale_rewards: str = "group"
+    beta: float = 0.0  # β: KL weight; 0 skips the reference pass entirely
+    epsilon: float = 0.2  # ε_low
+    epsilon_high: Optional[float] = None  # ε_high (DAPO clip-higher); None: same as epsilon
+    num_iterations: int = 1  # μ: updates per batch of generations
+    # --- optimisation ----------------------------------------------------------------------
+    learning_rate: float = 5e-5  # LoRA wants 10-100x a full fine-tune's rate
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    grad_accumulation: int = 1  # micro-batches per update; rows per micro-batch = B*G / this
+    max_steps: int = 200
+    lora_rank: int = 8
+    lora_scale: float = 20.0  # mlx-lm's scale (PEFT's lora_alpha = scale * rank)
+    lora_dropout: float = 0.0
+    lora_layers: int = -1  # last N transformer blocks get adapters; -1: all
+    # --- bookkeeping -----------------------------------------------------------------------
+    output_dir: str = "runs/countdown"
+    seed: int = 0
+    eval_every: int = 50  # 0: only at the end
+    eval_samples: int = 200  # held-out tasks per evaluation (capped by the split's size)
+    save_every: int = 50
+    log_completions_every: int = 10
+    max_bad_steps: int = 5  # consecutive non-finite updates before the run stops
+    max_memory: Optional[str] = None  # e.g. "12GB": Metal memory limit; no-op elsewhere
+    report_to: Optional[str] = None  # tensorboard | wandb
+    push_to_hub: Optional[str] = None  # USER/NAME to upload the adapters to at the end
+
+    def __post_init__(self):
+        _coerce_types(self)
+        self.validate()
+
+    def validate(self) -> None:
+        checks = [
+            (self.num_generations >= 2, "num_generations must be at least 2 (GRPO compares completions within a group)"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.max_completion_length >= 1, "max_completion_length must be positive"),
+            (self.max_steps >= 1, "max_steps must be positive"),
+            (self.temperature > 0, "temperature must be positive"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.top_k >= 0, "top_k must be >= 0"),
+            (self.learning_rate > 0, "learning_rate must be positive"),
+            (self.beta >= 0, "beta must be >= 0"),
+            (0 <= self.epsilon < 1, "epsilon must be in [0, 1)"),
+            (self.epsilon_high is None or self.epsilon_high >= 0, "epsilon_high must be >= 0"),
+            (self.num_iterations >= 1, "num_iterations must be at least 1"),
+            (self.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)} (got {self.loss_type!r})"),
+            (self.scale_rewards in SCALE_REWARDS, f"scale_rewards must be one of {', '.join(SCALE_REWARDS)} (got {self.scale_rewards!r})"),
+            (self.quantize in (None, 4, 8), "quantize must be 4 or 8"),
+            (self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype must be auto, float32, bfloat16 or float16"),
+            (self.num_samples >= 1, "num_samples must be positive"),
+            (0 < self.test_size < 1, "test_size must be a fraction in (0, 1)"),
+            (self.lora_rank >= 1, "lora_rank must be positive"),
+            (self.lora_scale > 0, "lora_scale must be positive"),
+            (0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)"),
+            (self.lora_layers == -1 or self.lora_layers >= 1, "lora_layers must be -1 (all) or positive"),
+            (self.grad_accumulation >= 1, "grad_accumulation must be at least 1"),
+            ((self.batch_size * self.num_generations) % self.grad_accumulation == 0,
+             "grad_accumulation must divide batch_size * num_generations"),
+            (self.max_grad_norm > 0, "max_grad_norm must be positive"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.eval_every >= 0, "eval_every must be >= 0"),
+            (self.eval_samples >= 1, "eval_samples must be positive"),
+            (self.save_every >= 1, "save_every must be positive"),
+            (self.log_completions_every >= 1, "log_completions_every must be positive"),
+            (self.max_bad_steps >= 1, "max_bad_steps must be positive"),
+            (self.report_to in (None, "tensorboard", "wandb"), "report_to must be tensorboard or wandb"),
+            (len(self.rewards) >= 1, "at least one reward is needed"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"invalid config: {message}")
+        for name in ("learning_rate", "temperature", "beta", "epsilon", "lora_scale", "max_grad_norm"):
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"invalid config: {name} must be finite")
+
+    @property
+    def clip_high(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _coerce_types(config: TrainConfig) -> None:
+    """Check each field's type, converting only what is unambiguous (YAML reads `1e-5` as a str)."""
+    for name, hint in _field_types().items():
+        value = getattr(config, name)
+        setattr(config, name, _coerce(name, value, hint))
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"invalid config: {name} must be true or false (got {value!r})")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"invalid config: {name} must be an integer (got {value!r})")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"invalid config: {name} must be a number (got {value!r})")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"invalid config: {name} must be a string (got {value!r})")
+    if hint is list:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise UserError(f"invalid config: {name} must be a list of strings (got {value!r})")
+    return value
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read a YAML or TOML config file into a dict of TrainConfig fields (keys may use '-')."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # the parsers' own exception types differ; all mean "malformed"
+        raise UserError(f"cannot parse config file {path}: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of settings")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"unknown key(s) in {path}: {', '.join(unknown)}")
+    return data
+
+
+def build_config(config_file: str | Path | None = None, overrides: dict | None = None, base: dict | None = None) -> TrainConfig:
+    """Defaults, then `base` (e.g. a bundled preset), then the file, then command-line overrides.
+
+    Overrides whose value is None were not given on the command line and do not count.
+    """
+    values: dict = dict(base or {})
+    if config_file is not None:
+        values.update(read_config_file(config_file))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return TrainConfig(**values)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n")

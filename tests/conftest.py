@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny random Qwen3 model with its own ChatML tokenizer, built in a temp dir.
+
+Building takes ~30 ms; `mlx_lm.load` reads it offline like any Hugging Face folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+_CORPUS = [
+    "You are a math expert. You will first reason carefully about the problem, then provide the user with the answer.",
+    "Given the numbers [44, 19, 35] and the target number 98, please provide a solution to reach the target number "
+    "using the four basic arithmetic operations: addition, subtraction, multiplication, and division (+, -, *, /). "
+    "You can use each number only once. Show your work in <think> </think> tags. And return the final equation and "
+    "answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 = 1 </answer>.",
+    "<think>\n44 + 19 = 63\n63 + 35 = 98\n</think>\n<answer> (44 + 19) + 35 </answer>",
+    "<think>\n76 - 47 = 29\n29 * 2 = 58\n58 / 2 = 29\n</think>\n<answer> ((76 - 47) * 2) / 2 </answer>",
+    "Let me solve this step by step. Wait, let me check: that is not right, try again instead.",
+]
+
+
+def build_tiny(path: Path, seed: int = 0, **shape) -> Path:
+    from mlx_grpo.modelgen import build_tiny_model
+
+    shape = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
+             "num_attention_heads": 4, "num_key_value_heads": 2, **shape}
+    return build_tiny_model(path, _CORPUS * 4, seed=seed, vocab_size=320, **shape)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    """Path of a tiny Qwen3 (2 layers x 64, vocab ~320, random weights) + tokenizer. Read-only: copy to modify."""
+    return build_tiny(tmp_path_factory.mktemp("tiny-qwen3") / "model")
+
+
+@pytest.fixture
+def tiny_model(tiny_model_path):
+    """A fresh (model, tokenizer) pair loaded with mlx_lm.load from the tiny model's folder."""
+    import mlx_lm
+
+    return mlx_lm.load(str(tiny_model_path))
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_dir() -> Path:
+    """The real Qwen3 tokenizer, chat template and Qwen3-0.6B config.json (../shared/data/qwen3_tokenizer)."""
+    path = SHARED_DATA / "qwen3_tokenizer"
+    if not (path / "tokenizer_config.json").is_file():
+        pytest.skip(f"real Qwen3 tokenizer files not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data: real Countdown rows and reference solutions (evaluation data only)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
