@@ -1,0 +1,1 @@
+"""The Countdown task: tasks, prompts, exact expression checking, a solver and data loading (no MLX here)."""
