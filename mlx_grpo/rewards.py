@@ -3,7 +3,7 @@
 A reward function takes the keyword arguments the trainer passes and returns one float per
 completion: `completions` (decoded text, stop token removed), `targets`, `nums_list`,
 `assistant_prefixes` (the part of the assistant turn already in the prompt) and, when the caller
-has them, `prompts`. Built-in rewards (names for `--reward`):
+has them, `prompts`. Built-in rewards (names for the `rewards` setting):
 
 - "format" (`format_reward_func`): 1.0 when the whole assistant turn is
   `<think>THOUGHT</think>\\n<answer>ANSWER</answer>` and nothing else, as the original's regex
@@ -18,15 +18,16 @@ has them, `prompts`. Built-in rewards (names for `--reward`):
   `countdown.expr`; a trailing `= N` must be true), else 0.0. Text after `</answer>` does not
   matter here: the format reward already punishes it, and keeping the two independent keeps
   accuracy a measure of arithmetic alone (the original's four test cases rely on that).
-- "equation_partial" (off by default): 1.0 when correct; `0.5 * max(0, 1 - |value - target| / |target|)`
-  for a valid equation that uses exactly the numbers but misses; 0.0 otherwise.
+- "equation_partial" (off by default): 1.0 when correct; for a valid equation that uses exactly the
+  numbers but misses, `0.5 * max(0, 1 - |value - target| / max(|target|, 1))`; 0.0 otherwise.
 
 Custom rewards: `module:function` or `path/to/file.py:function`; any spec may end in `=WEIGHT`.
 
 Every built-in reward takes linear time in the completion with a small constant (two `str.find`s,
 then a parser bounded by `expr.MAX_CHARS`), and completions longer than MAX_COMPLETION_CHARS score
-0.0 outright. Measured: 10,000 completions (the reference solutions' format, half of them wrong)
-score with format + equation in about 0.10 s on one core of the 2-core development machine.
+0.0 outright. Measured (`RewardSet.score`, Python 3.11, the shared 2-core development machine):
+10,000 completions in the reference solutions' format, half with a wrong target, score with
+format + equation in 0.17 s (0.35 s with equation_partial added), about 17 µs per completion.
 """
 
 from __future__ import annotations
