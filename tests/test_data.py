@@ -49,6 +49,8 @@ def test_real_sample_loads_2000_tasks_in_file_order(real_file):
 @pytest.mark.parametrize("name, write", [
     ("t.jsonl", lambda p: write_jsonl(p, ROWS)),
     ("blank_lines.jsonl", lambda p: p.write_text("\n".join(["", json.dumps(ROWS[0]), "", json.dumps(ROWS[1]), json.dumps(ROWS[2])]))),
+    ("unicode.jsonl", lambda p: p.write_text("".join(  # a raw U+2028 inside a JSON string is not a line break
+        json.dumps(dict(row, note="a\u2028b"), ensure_ascii=False) + "\r\n" for row in ROWS), encoding="utf-8")),
     ("list.json", lambda p: p.write_text(json.dumps(ROWS))),
     ("field.json", lambda p: p.write_text(json.dumps({"data": ROWS}))),
     ("lines.json", lambda p: write_jsonl(p, ROWS)),  # JSON Lines in a .json file, as datasets accepts

@@ -37,9 +37,7 @@ from mlx_grpo.countdown.solver import MAX_NUMS, reaches, solvable_with_add_sub, 
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.errors import UserError
 
-DEFAULT_DATASET = "Jiayi-Pan/Countdown-Tasks-3to4"
 DEFAULT_GENERATED = 1000
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 _INT = re.compile(r"[+-]?\d+")
 
 
@@ -73,18 +71,17 @@ def load_tasks(source: str, *, seed: int = 0, num_samples: int | None = None) ->
 
 def read_tasks(source: str) -> list[Task]:
     """Every task of a local file or Hub dataset, validated, in the source's own order."""
-    path = Path(source)
-    if path.is_dir():
-        raise UserError(f"{source} is a directory, not a dataset file")
-    if path.exists() and path.suffix.lower() not in FILE_SUFFIXES:
-        raise UserError(f"{source}: unsupported file type {path.suffix!r} (use {', '.join(FILE_SUFFIXES)})")
-    if not path.exists():
-        if path.suffix.lower() in FILE_SUFFIXES:
-            raise UserError(f"{source}: no such file")
-        return _read_hub(source)
-    reader = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet, ".csv": _read_csv}
+    path, suffix = Path(source), Path(source).suffix.lower()
     try:
-        tasks = reader[path.suffix.lower()](path)
+        if not path.exists() and suffix not in _READERS:
+            return _read_hub(str(source))
+        if path.is_dir():
+            raise UserError(f"{source} is a directory, not a dataset file")
+        if not path.exists():
+            raise UserError(f"{source}: no such file")
+        if suffix not in _READERS:
+            raise UserError(f"{source}: unsupported file type {path.suffix!r} (use {', '.join(_READERS)})")
+        tasks = _READERS[suffix](path)
     except UnicodeDecodeError as e:  # files are decoded whole, so e.object is all of it
         line = e.object[: e.start].count(b"\n") + 1
         raise UserError(f"{source}, line {line}: not UTF-8 text ({e.reason})") from None
@@ -98,9 +95,9 @@ def read_tasks(source: str) -> list[Task]:
 def split_tasks(tasks: list[Task], test_size: float) -> tuple[list[Task], list[Task]]:
     """Split already shuffled tasks into (train, test): the last ceil(test_size * n) are the test set.
 
-    The test set has the size that `Dataset.train_test_split(test_size=...)` gives (ceil, without
-    float noise: 0.07 of 100 is 7, not 8), but it is the tail of the list: no second shuffle. test_size 0
-    gives an empty test set.
+    The test set has the size that `Dataset.train_test_split(test_size=...)` gives (ceil, but
+    without float noise: 0.07 of 100 is 7, not 8); it is the tail of the list, with no second
+    shuffle. test_size 0 gives an empty test set.
 
     Example: 1000 tasks, test_size 0.1 -> (tasks[:900], tasks[900:]).
     """
@@ -171,11 +168,12 @@ def _task_from_object(row, where: str) -> Task:
 
 def _read_jsonl(path: Path, lines: list[str] | None = None) -> list[Task]:
     if lines is None:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").split("\n")  # not splitlines: JSON strings may hold U+2028
     tasks = []
     for number, line in enumerate(lines, 1):
         if line.strip():
-            tasks.append(_task_from_object(_parse_json(line, f"{path}, line {number}"), f"{path}, line {number}"))
+            where = f"{path}, line {number}"
+            tasks.append(_task_from_object(_parse_json(line, where), where))
     return tasks
 
 
@@ -187,7 +185,7 @@ def _read_json(path: Path) -> list[Task]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # several JSON values: JSON Lines in a .json file
-            return _read_jsonl(path, text.splitlines())
+            return _read_jsonl(path, text.split("\n"))
         raise UserError(f"{path}, line {e.lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
     except (ValueError, RecursionError) as e:
         raise UserError(f"{path}: malformed JSON: {_first_line(e)}") from None
@@ -237,6 +235,9 @@ def _read_hub(name: str) -> list[Task]:
     _check_columns(dataset.column_names, name)
     columns = dataset.select_columns(["target", "nums"]).to_dict()
     return _tasks_from_columns(columns["target"], columns["nums"], name)
+
+
+_READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet, ".csv": _read_csv}
 
 
 def _tasks_from_columns(targets: list, nums: list, source: str) -> list[Task]:

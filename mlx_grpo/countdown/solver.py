@@ -16,7 +16,7 @@ found, a left-deep tree over the numbers in their given order). The equation wra
 operand in parentheses, as the reference solutions do: "((76 - 47) + 55) - 60".
 
 Speed (one busy core): ~7,000 real 3-4 number tasks per second; a 4-number task with no integer
-solution ~10 ms; an unsolvable 6-number task a few seconds.
+solution ~5 ms; an unsolvable 6-number task several seconds.
 """
 
 from __future__ import annotations
