@@ -68,8 +68,13 @@ def qwen3_config(
     }
 
 
-def init_qwen3(config: dict, seed: int = 0, std: float = 0.02):
-    """A Qwen3 `mlx_lm` model with N(0, std) weights (norms at 1), as Hugging Face initialises."""
+def init_qwen3(config: dict, seed: int = 0, std: float = 0.02, embed_std: Optional[float] = None):
+    """A Qwen3 `mlx_lm` model with N(0, std) weights (norms at 1), as Hugging Face initialises.
+
+    `embed_std` sets the embedding's own std. With tied embeddings and a final RMSNorm, the logits
+    can be at most |h|·|e| ≈ sqrt(hidden)·embed_std·sqrt(hidden), so a tiny model at 0.02 is stuck
+    near the uniform distribution whatever LoRA does; tests that must see learning use ~0.1.
+    """
     from mlx_lm.models import qwen3
 
     mx.random.seed(seed)
@@ -77,6 +82,9 @@ def init_qwen3(config: dict, seed: int = 0, std: float = 0.02):
     params = tree_map(
         lambda p: mx.ones_like(p) if p.ndim == 1 else std * mx.random.normal(p.shape), model.parameters()
     )
+    if embed_std is not None:
+        embed = params["model"]["embed_tokens"]
+        embed["weight"] = embed_std * mx.random.normal(embed["weight"].shape)
     model.update(params)
     mx.eval(model.parameters())
     return model
@@ -144,7 +152,9 @@ def save_tokenizer(tokenizer, path: str | Path, model_max_length: int = 4096) ->
     return path
 
 
-def build_tiny_model(path: str | Path, corpus: Iterable[str], *, seed: int = 0, vocab_size: int = 512, **shape) -> Path:
+def build_tiny_model(
+    path: str | Path, corpus: Iterable[str], *, seed: int = 0, vocab_size: int = 512, embed_std: Optional[float] = None, **shape
+) -> Path:
     """Tokenizer + random-weight Qwen3 model in one folder that `mlx_lm.load` reads offline."""
     tokenizer = train_tokenizer(corpus, vocab_size=vocab_size)
     save_tokenizer(tokenizer, path)
@@ -154,5 +164,5 @@ def build_tiny_model(path: str | Path, corpus: Iterable[str], *, seed: int = 0, 
         bos_token_id=tokenizer.token_to_id("<|endoftext|>"),
         **shape,
     )
-    save_model(init_qwen3(config, seed=seed), config, path)
+    save_model(init_qwen3(config, seed=seed, embed_std=embed_std), config, path)
     return Path(path)

@@ -22,8 +22,9 @@ def cli():
 
 def _register() -> None:
     # Imported here so that each module can import `cli` above without a cycle.
-    from mlx_grpo.cli import data  # noqa: F401
+    from mlx_grpo.cli import data, train  # noqa: F401
     from mlx_grpo.cli import report  # noqa: F401
+    from mlx_grpo.cli import hub  # noqa: F401
 
 
 def main(argv=None) -> None:

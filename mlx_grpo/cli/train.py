@@ -1,0 +1,160 @@
+"""`mlx-grpo train` and `mlx-grpo eval`.
+
+Training flags are generated from `TrainConfig`'s fields (TRL's names where they exist), so a
+flag, a config-file key and a field are always the same name. A flag left out is None and does
+not override the config file or the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+import click
+
+from mlx_grpo.cli import cli
+from mlx_grpo.config import LOSS_TYPES, SCALE_REWARDS, TrainConfig, build_config
+from mlx_grpo.errors import UserError
+from mlx_grpo.progress import format_table
+
+_HELP = {
+    "model": "Hub id or local folder of an mlx-lm causal LM.",
+    "quantize": "Quantize the base weights on load to 4 or 8 bits (QLoRA).",
+    "dtype": "Weight dtype; auto = float32 on CPU, as stored on GPU.",
+    "trust_remote_code": "Allow models that need their own Python code.",
+    "dataset": "Hub dataset id, local .jsonl/.json/.parquet/.csv file, or 'generate'.",
+    "num_samples": "Tasks drawn after a seeded shuffle (train + test).",
+    "test_size": "Fraction of the tasks held out for evaluation.",
+    "enable_thinking": "Qwen3 chat-template thinking switch.",
+    "prefill": "Text the assistant turn starts with (e.g. '<think>').",
+    "batch_size": "B: prompts per step.",
+    "num_generations": "G: completions per prompt (>= 2).",
+    "max_completion_length": "Most tokens per completion.",
+    "rewards": "Reward: a name (format, equation, ...), module:function or file.py:function, optional =WEIGHT. Repeatable.",
+    "loss_type": "How per-token losses are averaged.",
+    "scale_rewards": "Divide advantages by the group's std, the batch's, or not at all.",
+    "beta": "β: KL weight towards the base model (0 skips the reference pass).",
+    "epsilon": "ε: lower clip range of the ratio.",
+    "epsilon_high": "Upper clip range (DAPO clip-higher); default = epsilon.",
+    "num_iterations": "μ: updates per batch of generations.",
+    "grad_accumulation": "Micro-batches per update (splits the B*G rows).",
+    "lora_layers": "Adapt the last N transformer blocks; -1 = all.",
+    "lora_scale": "mlx-lm LoRA scale (PEFT lora_alpha = scale * rank).",
+    "eval_every": "Held-out evaluation every N steps (0 = only at the end).",
+    "save_every": "Checkpoint every N steps.",
+    "max_bad_steps": "Stop after N consecutive non-finite updates.",
+    "max_memory": "Metal memory limit, e.g. 12GB (no-op on CPU/CUDA).",
+    "report_to": "Also log metrics to tensorboard or wandb.",
+    "push_to_hub": "Upload the adapters to this Hub repo (USER/NAME) at the end.",
+}
+_CHOICES = {
+    "loss_type": LOSS_TYPES,
+    "scale_rewards": SCALE_REWARDS,
+    "quantize": ("4", "8"),
+    "report_to": ("tensorboard", "wandb"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+}
+
+
+def _option(f: dataclasses.Field):
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    if typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    flag = "--" + f.name.replace("_", "-")
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    help_text = f"{_HELP.get(f.name, '')} [default: {default}]".strip()
+    if f.name == "rewards":
+        return click.option("--reward", "rewards", multiple=True, default=None, help=help_text)
+    if hint is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
+    if f.name in _CHOICES:
+        return click.option(flag, f.name, type=click.Choice(_CHOICES[f.name]), default=None, help=help_text)
+    return click.option(flag, f.name, type={int: int, float: float}.get(hint, str), default=None, help=help_text)
+
+
+def config_options(func):
+    for f in reversed(dataclasses.fields(TrainConfig)):
+        func = _option(f)(func)
+    return func
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML file of settings.")
+@click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its latest checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace the run that --output-dir holds.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@config_options
+def train(config_file, resume, overwrite, quiet, **flags):
+    """Train LoRA adapters with GRPO (defaults: Qwen/Qwen3-0.6B on Countdown)."""
+    from mlx_grpo.presets import preset_for_model
+    from mlx_grpo.trainer import TrainingInterrupted, train as run_training
+
+    flags["rewards"] = list(flags["rewards"]) or None
+    if flags.get("quantize") is not None:
+        flags["quantize"] = int(flags["quantize"])
+    model = flags.get("model") or _model_in_file(config_file)
+    config = build_config(config_file, flags, base=preset_for_model(model))
+    click.echo(f"run: {config.output_dir}  model: {config.model}  dataset: {config.dataset}", err=True)
+    try:
+        summary = run_training(config, resume=resume, overwrite=overwrite, progress=not quiet)
+    except TrainingInterrupted as e:
+        click.echo(str(e), err=True)
+        sys.exit(130)
+    click.echo(format_table(_summary_rows(summary), title="final metrics"))
+    if config.push_to_hub:
+        from mlx_grpo.hub import push_run
+
+        push_run(config.output_dir, config.push_to_hub)
+
+
+def _model_in_file(config_file):
+    if config_file is None:
+        return None
+    from mlx_grpo.config import read_config_file
+
+    return read_config_file(config_file).get("model")
+
+
+def _summary_rows(summary: dict) -> dict:
+    keys = ["step", "reward", "accuracy", "format_rate", "completion_length/mean", "eval/accuracy",
+            "eval/format_rate", "eval/completion_length", "time/step", "tokens_per_s", "peak_memory_gb"]
+    return {k: summary[k] for k in keys if k in summary}
+
+
+@cli.command("eval")
+@click.option("--model", required=True, help="Hub id or local folder of the base model.")
+@click.option("--adapter-path", type=click.Path(), help="Adapter folder (e.g. a run dir) to apply.")
+@click.option("--dataset", default="generate", show_default=True, help="Hub id, local file, or 'generate'.")
+@click.option("--num-samples", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True, help="Shuffle / generator seed.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--pass-k", type=click.IntRange(min=1), default=1, show_default=True, help="Also report pass@k.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--enable-thinking/--no-enable-thinking", default=True, show_default=True)
+@click.option("--prefill", default="", help="Text the assistant turn starts with.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the results (and samples) as JSON here.")
+@click.option("--quiet", is_flag=True)
+def eval_command(model, adapter_path, dataset, num_samples, seed, max_tokens, batch_size, pass_k, temperature,
+                 enable_thinking, prefill, output, quiet):
+    """Greedy accuracy (pass@1), format rate and length on Countdown tasks."""
+    from mlx_grpo.countdown.data import load_tasks
+    from mlx_grpo.evaluate import evaluate
+    from mlx_grpo.model import load_model
+
+    if output and Path(output).exists():
+        raise UserError(f"{output} already exists; choose another --output")
+    tasks = load_tasks(dataset, seed=seed, num_samples=num_samples)
+    loaded, tokenizer = load_model(model, adapter_path=adapter_path)
+    samples: list = []
+    result = evaluate(loaded, tokenizer, tasks, max_tokens=max_tokens, batch_size=batch_size, pass_k=pass_k,
+                      temperature=temperature, enable_thinking=enable_thinking, prefill=prefill, seed=seed,
+                      progress=not quiet, samples=samples)
+    click.echo(format_table(result, title=f"eval: {model}" + (f" + {adapter_path}" if adapter_path else "")))
+    if output:
+        record = {"model": model, "adapter_path": adapter_path, "dataset": dataset, "seed": seed, **result,
+                  "samples": samples}
+        Path(output).write_text(json.dumps(record, indent=2) + "\n")

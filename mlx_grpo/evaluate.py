@@ -1,0 +1,65 @@
+"""Held-out evaluation: greedy pass@1 accuracy, format rate, completion length, optional pass@k."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from tqdm import tqdm
+
+from mlx_grpo.countdown.tasks import Task
+from mlx_grpo.episodes import run_episodes
+
+
+def evaluate(
+    model,
+    tokenizer,
+    tasks: list[Task],
+    *,
+    max_tokens: int,
+    batch_size: int = 32,
+    pass_k: int = 1,
+    temperature: float = 1.0,
+    enable_thinking: bool = True,
+    prefill: str = "",
+    seed: int = 0,
+    progress: bool = False,
+    samples: Optional[list] = None,
+) -> dict:
+    """Score `tasks` with greedy decoding (and `pass_k` sampled tries when pass_k > 1).
+
+    Greedy decoding is temperature 0. Results are fractions of tasks. When `samples`
+    is a list, one dict per task (prompt, completion, correct) is appended to it.
+
+    Returns:
+        {"accuracy", "format_rate", "completion_length", "num_tasks"} and "pass@k" when asked.
+    """
+    correct = well_formed = length = 0
+    solved_by_sampling = 0
+    batches = range(0, len(tasks), batch_size)
+    for start in tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False):
+        chunk = tasks[start:start + batch_size]
+        common = dict(max_tokens=max_tokens, enable_thinking=enable_thinking, prefill=prefill)
+        greedy = run_episodes(model, tokenizer, chunk, group_size=1, temperature=0.0, seed=seed + start, **common)
+        correct += sum(greedy.correct)
+        well_formed += sum(greedy.well_formed)
+        length += int(greedy.rollout.lengths.sum().item())
+        if samples is not None:
+            samples.extend(
+                {"target": t.target, "nums": list(t.nums), "completion": c, "correct": ok}
+                for t, c, ok in zip(chunk, greedy.completions, greedy.correct)
+            )
+        if pass_k > 1:
+            sampled = run_episodes(model, tokenizer, chunk, group_size=pass_k, temperature=temperature,
+                                   seed=seed + start + 1, **common)
+            hits = [any(sampled.correct[i * pass_k:(i + 1) * pass_k]) for i in range(len(chunk))]
+            solved_by_sampling += sum(hits)
+    n = max(len(tasks), 1)
+    result = {
+        "accuracy": correct / n,
+        "format_rate": well_formed / n,
+        "completion_length": length / n,
+        "num_tasks": len(tasks),
+    }
+    if pass_k > 1:
+        result[f"pass@{pass_k}"] = solved_by_sampling / n
+    return result

@@ -1,0 +1,174 @@
+"""The policy: an mlx-lm causal LM with LoRA adapters, loaded, switched and saved.
+
+The reference policy for the KL term is the same model with its adapters switched off
+(`adapters_disabled`), so there is never a second copy of the base weights in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Iterator, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map
+
+from mlx_grpo.errors import UserError
+
+ADAPTER_WEIGHTS = "adapters.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and not Path(name).suffix
+
+
+def load_model(
+    name: str,
+    *,
+    quantize: Optional[int] = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    adapter_path: Optional[str] = None,
+):
+    """Load `(model, tokenizer)` with `mlx_lm.load` from a local folder or a Hub id.
+
+    Args:
+        name: local path or Hugging Face repo id.
+        quantize: 4 or 8 to quantize the base weights after loading (QLoRA); None keeps them.
+        dtype: "auto" casts floating weights to float32 on the CPU (bf16 matmul is slow there) and
+            keeps the stored dtype on GPUs; or an explicit "float32" / "bfloat16" / "float16".
+        trust_remote_code: passed to mlx-lm; off unless the user asks for it.
+        adapter_path: an adapter folder (adapters.safetensors + adapter_config.json) to apply.
+
+    Raises:
+        UserError: a missing path, a folder that is not a model, an unreachable hub id, or
+            adapters that do not fit the model; always as one line.
+    """
+    import mlx_lm
+
+    path = Path(name).expanduser()
+    if not path.exists() and not _looks_like_hub_id(name):
+        raise UserError(f"model not found: {name} (not a local folder, and not a Hub id like Qwen/Qwen3-0.6B)")
+    if path.exists() and not (path / "config.json").is_file():
+        raise UserError(f"not a model folder: {name} (no config.json)")
+    if adapter_path is not None:
+        _check_adapter_folder(adapter_path)
+    try:
+        model, tokenizer = mlx_lm.load(
+            str(path) if path.exists() else name,
+            adapter_path=adapter_path,
+            trust_remote_code=trust_remote_code,
+        )
+    except UserError:
+        raise
+    except Exception as e:  # mlx-lm / huggingface_hub raise many types; all mean "cannot load"
+        raise UserError(_load_error_message(name, path.exists(), e)) from None
+    _cast(model, dtype)
+    if quantize is not None:
+        from mlx_lm.utils import quantize_model
+
+        with contextlib.redirect_stdout(None):
+            quantize_model(model, {}, group_size=64, bits=quantize)
+    mx.eval(model.parameters())
+    return model, tokenizer
+
+
+def _load_error_message(name: str, is_local: bool, error: Exception) -> str:
+    text = " ".join(str(error).split())[:300]
+    if is_local:
+        return f"cannot load model from {name}: {type(error).__name__}: {text}"
+    return (
+        f"cannot load {name} from the Hugging Face Hub ({type(error).__name__}). "
+        "Check the network and the id, or run the offline demo: `make demo` (bundled tiny model)"
+    )
+
+
+def _check_adapter_folder(adapter_path: str) -> None:
+    folder = Path(adapter_path)
+    for needed in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (folder / needed).is_file():
+            raise UserError(f"not an adapter folder: {adapter_path} (missing {needed})")
+
+
+def _cast(model: nn.Module, dtype: str) -> None:
+    if dtype == "auto":
+        if mx.default_device().type != mx.cpu:
+            return
+        dtype = "float32"
+    target = getattr(mx, dtype)
+    model.update(tree_map(lambda p: p.astype(target) if mx.issubdtype(p.dtype, mx.floating) else p, model.parameters()))
+
+
+def lora_keys(model: nn.Module) -> list[str]:
+    """Names (relative to a transformer block) of every linear layer LoRA can wrap."""
+    keys = set()
+    for name, module in model.layers[0].named_modules():
+        if isinstance(module, (nn.Linear, nn.QuantizedLinear)):
+            keys.add(name)
+    return sorted(keys)
+
+
+def add_lora(model: nn.Module, *, rank: int, scale: float, dropout: float = 0.0, num_layers: int = -1, seed: int = 0) -> dict:
+    """Freeze the model and wrap its linear layers with mlx-lm LoRA layers; return adapter_config.
+
+    `num_layers` = -1 adapts every transformer block, N the last N. lora_b starts at zero, so the
+    adapted model starts out equal to the base.
+    """
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    n_blocks = len(model.layers)
+    num_layers = n_blocks if num_layers == -1 else min(num_layers, n_blocks)
+    params = {"rank": rank, "scale": scale, "dropout": dropout, "keys": lora_keys(model)}
+    model.freeze()
+    mx.random.seed(seed)  # lora_a's init draws from the global generator
+    linear_to_lora_layers(model, num_layers, params)
+    mx.eval(model.parameters())
+    return {"fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": params}
+
+
+def lora_modules(model: nn.Module) -> list[nn.Module]:
+    from mlx_lm.tuner.lora import LoRALinear
+
+    return [m for _, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the base model (the GRPO reference policy) by zeroing every LoRA scale for the block."""
+    modules = lora_modules(model)
+    scales = [m.scale for m in modules]
+    try:
+        for m in modules:
+            m.scale = 0.0
+        yield model
+    finally:
+        for m, s in zip(modules, scales):
+            m.scale = s
+
+
+def adapter_weights(model: nn.Module) -> dict[str, mx.array]:
+    return dict(tree_flatten(model.trainable_parameters()))
+
+
+def save_adapters(model: nn.Module, folder: str | Path, adapter_config: dict) -> None:
+    """Write `adapters.safetensors` + `adapter_config.json` as mlx-lm reads them (not atomic: the
+    checkpoint module writes into a temp dir and renames)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(folder / ADAPTER_WEIGHTS), adapter_weights(model))
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2) + "\n")
+
+
+def load_adapter_weights(model: nn.Module, folder: str | Path) -> None:
+    """Load saved adapter weights into a model that already has matching LoRA layers."""
+    path = Path(folder) / ADAPTER_WEIGHTS
+    weights = mx.load(str(path))
+    expected = adapter_weights(model)
+    if set(weights) != set(expected) or any(weights[k].shape != expected[k].shape for k in weights):
+        raise UserError(f"adapters in {folder} do not match the model (different layers, rank or shapes)")
+    model.load_weights(list(weights.items()), strict=False)
+    mx.eval(model.parameters())

@@ -1,0 +1,379 @@
+"""The GRPO training loop: rollout -> rewards -> advantages -> clipped-loss updates of LoRA weights.
+
+One step, as data flows (B prompts, G completions each, R = B·G rows, T completion tokens):
+
+    tasks [B] -> prompts -> rollout.generate: tokens/mask/old_logps [R, T]   (prefill shared per group)
+              -> text -> rewards [R] -> grpo.compute_advantages [R]
+              -> μ times: for each micro-batch of rows: logprobs.sequence_logprobs [r, T]
+                          -> grpo.policy_loss -> grads (LoRA only), summed exactly over micro-batches
+                          -> clip to max_grad_norm -> AdamW update (skipped if non-finite)
+
+Randomness is re-seeded from (seed, step) at the start of every step, and the task order is a
+function of (seed, epoch), so a resumed run repeats exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_map
+
+from mlx_grpo import checkpoint as ckpt
+from mlx_grpo.config import TrainConfig, save_config
+from mlx_grpo.countdown.data import load_tasks, split_tasks
+from mlx_grpo.countdown.expr import extract_equation
+from mlx_grpo.episodes import Episodes, run_episodes
+from mlx_grpo.errors import UserError
+from mlx_grpo.evaluate import evaluate
+from mlx_grpo.grpo import batch_normalizer, compute_advantages, policy_loss
+from mlx_grpo.logprobs import left_pad, sequence_logprobs
+from mlx_grpo.model import add_lora, adapters_disabled, load_model
+from mlx_grpo.plots import plot_reward_accuracy
+from mlx_grpo.progress import StepProgress
+from mlx_grpo.rewards import RewardSet
+from mlx_grpo.tracking import make_tracker
+
+
+@dataclass
+class RunState:
+    """What the loop carries between steps (and a checkpoint restores)."""
+
+    step: int = 0  # last completed step
+    bad_steps: int = 0  # consecutive skipped (non-finite) updates
+    stop_requested: bool = False
+    history: list = field(default_factory=list)  # metrics lines written so far (for the summary)
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**31)
+
+
+def task_indices(step: int, batch_size: int, num_tasks: int, seed: int) -> list[int]:
+    """Rows of the train split used at `step` (1-based): epochs of seeded permutations."""
+    out = []
+    for position in range((step - 1) * batch_size, step * batch_size):
+        epoch, offset = divmod(position, num_tasks)
+        out.append(int(np.random.default_rng([seed, epoch]).permutation(num_tasks)[offset]))
+    return out
+
+
+def _set_memory_limit(max_memory: Optional[str]) -> None:
+    """On Metal, fail with an allocation error instead of freezing the machine; no-op elsewhere."""
+    if not mx.metal.is_available():
+        return
+    if max_memory is None:
+        limit = int(mx.device_info()["max_recommended_working_set_size"])
+    else:
+        units = {"GB": 2**30, "G": 2**30, "MB": 2**20, "M": 2**20}
+        text = max_memory.strip().upper()
+        unit = next((u for u in units if text.endswith(u)), None)
+        try:
+            limit = int(float(text[: -len(unit)] if unit else text) * (units[unit] if unit else 1))
+        except ValueError:
+            raise UserError(f"invalid --max-memory {max_memory!r} (use e.g. 12GB)") from None
+    mx.set_memory_limit(limit)
+
+
+class Trainer:
+    """Holds the model, data and optimizer of one run; `run()` is the loop."""
+
+    def __init__(self, config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True):
+        self.config = config
+        self.run_dir = Path(config.output_dir)
+        self.progress = progress
+        self.overwrite = overwrite
+        self.reward_set = RewardSet.from_specs(config.rewards)
+        tasks = load_tasks(config.dataset, seed=config.seed, num_samples=config.num_samples)
+        self.train_tasks, self.test_tasks = split_tasks(tasks, config.test_size)
+        self.eval_tasks = self.test_tasks[: config.eval_samples]
+        self.resume_from = ckpt.prepare_run_dir(self.run_dir, config.to_dict(), resume=resume, overwrite=overwrite)
+        _set_memory_limit(config.max_memory)
+        self.model, self.tokenizer = load_model(
+            config.model, quantize=config.quantize, dtype=config.dtype, trust_remote_code=config.trust_remote_code
+        )
+        self.adapter_config = add_lora(
+            self.model, rank=config.lora_rank, scale=config.lora_scale, dropout=config.lora_dropout,
+            num_layers=config.lora_layers, seed=config.seed,
+        )
+        self.adapter_config["base_model"] = config.model
+        self.optimizer = optim.AdamW(learning_rate=self._schedule(), weight_decay=config.weight_decay)
+        self.optimizer.init(self.model.trainable_parameters())
+        self.loss_and_grad = nn.value_and_grad(self.model, self._loss)
+        self.state = RunState()
+        self.tracker = None  # made in run(), once the run dir may be written
+
+    def _schedule(self):
+        lr = self.config.learning_rate
+        if self.config.warmup_steps == 0:
+            return lr
+        warm = optim.linear_schedule(lr / self.config.warmup_steps, lr, self.config.warmup_steps)
+        return optim.join_schedules([warm, lambda _: mx.array(lr)], [self.config.warmup_steps])
+
+    # --- one step ----------------------------------------------------------------------------
+    def sample(self, step: int) -> Episodes:
+        c = self.config
+        idx = task_indices(step, c.batch_size, len(self.train_tasks), c.seed)
+        return run_episodes(
+            self.model, self.tokenizer, [self.train_tasks[i] for i in idx], group_size=c.num_generations,
+            max_tokens=c.max_completion_length, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
+            reward_set=self.reward_set, enable_thinking=c.enable_thinking, prefill=c.prefill,
+            seed=step_seed(c.seed, step),
+        )
+
+    def _logps(self, model, inputs: dict, rows: mx.array) -> mx.array:
+        """Log-probs [r, T] of the completion tokens of `rows` under the current weights."""
+        return sequence_logprobs(
+            model, inputs["prompts"][rows], inputs["prompt_pad"][rows], inputs["tokens"][rows],
+            inputs["mask"][rows], temperature=self.config.temperature,
+        )
+
+    def _loss(self, model, inputs, rows, old_logps, ref_logps, advantages, normalizer):
+        logps = self._logps(model, inputs, rows)  # [r, T]
+        c = self.config
+        return policy_loss(
+            logps, old_logps, advantages, inputs["mask"][rows], ref_logps=ref_logps, beta=c.beta,
+            epsilon_low=c.epsilon, epsilon_high=c.epsilon_high, loss_type=c.loss_type,
+            max_completion_length=c.max_completion_length, normalizer=normalizer,
+        )
+
+    def _fixed_logps(self, inputs, micro_batches) -> mx.array:
+        """Log-probs under the current weights, no gradient: [R, T]."""
+        out = mx.concatenate([mx.stop_gradient(self._logps(self.model, inputs, rows)) for rows in micro_batches])
+        mx.eval(out)
+        return out
+
+    def update(self, episodes: Episodes) -> dict:
+        """μ clipped-loss updates on one batch of episodes; returns the step's loss metrics."""
+        c = self.config
+        rollout = episodes.rollout
+        prompts, prompt_pad = left_pad([rollout.prompt_ids[r // c.num_generations] for r in range(episodes.num_rows)])
+        # The sampled tokens are data for the update, not a function of the weights.
+        inputs = {"prompts": prompts, "prompt_pad": prompt_pad,
+                  "tokens": mx.stop_gradient(rollout.tokens), "mask": mx.stop_gradient(rollout.mask)}
+        advantages = compute_advantages(mx.array(episodes.totals), c.num_generations, c.scale_rewards)  # [R]
+        rows = np.arange(episodes.num_rows)
+        micro_batches = [mx.array(r) for r in np.array_split(rows, c.grad_accumulation)]
+        # The sampler's log-probs are those of the truncated (top-p / top-k) distribution; the
+        # ratio must compare like with like, so then the old policy is re-scored in full.
+        old_logps = rollout.logps if (c.top_p == 1.0 and c.top_k == 0) else self._fixed_logps(inputs, micro_batches)
+        ref_logps = None
+        if c.beta > 0:
+            with adapters_disabled(self.model):
+                ref_logps = self._fixed_logps(inputs, micro_batches)
+        normalizer = batch_normalizer(rollout.mask, c.loss_type, c.max_completion_length)
+        sums: dict = {}
+        for _ in range(c.num_iterations):
+            grads, loss, metrics = None, mx.array(0.0), None
+            for mb in micro_batches:
+                (mb_loss, mb_metrics), mb_grads = self.loss_and_grad(
+                    self.model, inputs, mb, old_logps[mb], None if ref_logps is None else ref_logps[mb],
+                    advantages[mb], normalizer,
+                )
+                grads = mb_grads if grads is None else tree_map(mx.add, grads, mb_grads)
+                loss = loss + mb_loss
+                share = mb.size / episodes.num_rows
+                metrics = {k: v * share + (metrics[k] if metrics else 0) for k, v in mb_metrics.items()}
+            grads, grad_norm = optim.clip_grad_norm(grads, c.max_grad_norm)
+            mx.eval(loss, grad_norm, metrics)
+            finite = math.isfinite(loss.item()) and math.isfinite(grad_norm.item())
+            if finite:
+                self.optimizer.update(self.model, grads)
+                mx.eval(self.model.trainable_parameters(), self.optimizer.state)
+            for k, v in {"loss": loss, "grad_norm": grad_norm, **metrics}.items():
+                sums[k] = sums.get(k, 0.0) + v.item() / c.num_iterations
+            sums["skipped"] = sums.get("skipped", False) or not finite
+        groups = mx.array(episodes.totals).reshape(-1, c.num_generations)
+        sums["zero_adv_frac"] = float(mx.all(groups == groups[:, :1], axis=1).astype(mx.float32).mean().item())
+        return sums
+
+    # --- bookkeeping -------------------------------------------------------------------------
+    def step_metrics(self, step, episodes, update_metrics, times) -> dict:
+        lengths = np.array(episodes.rollout.lengths.tolist())
+        totals = np.array(episodes.totals)
+        m = {
+            "step": step,
+            "reward": float(totals.mean()),
+            "reward_std": float(totals.std()),
+            **{f"rewards/{k}": float(np.mean(v)) for k, v in episodes.rewards.items()},
+            "accuracy": float(np.mean(episodes.correct)),
+            "format_rate": float(np.mean(episodes.well_formed)),
+            "completion_length/mean": float(lengths.mean()),
+            "completion_length/max": int(lengths.max()),
+            "truncated_frac": float(np.mean(episodes.rollout.truncated.tolist())),
+            "zero_adv_frac": update_metrics.pop("zero_adv_frac"),
+            "loss": update_metrics["loss"],
+            "kl": update_metrics["kl"],
+            "clip_frac/low": update_metrics["clip_frac_low"],
+            "clip_frac/high": update_metrics["clip_frac_high"],
+            "ratio/mean": update_metrics["ratio"],
+            "grad_norm": update_metrics["grad_norm"],
+            "lr": float(self.optimizer.learning_rate.item()),
+            "skipped": bool(update_metrics["skipped"]),
+            **{f"time/{k}": round(v, 4) for k, v in times.items()},
+            "tokens_per_s": float(lengths.sum() / max(times["generate"], 1e-9)),
+            "peak_memory_gb": mx.get_peak_memory() / 2**30,
+        }
+        return m
+
+    def log_completions(self, step, episodes, advantages) -> None:
+        with open(self.run_dir / "completions.jsonl", "a") as f:
+            for r in range(episodes.num_rows):
+                task = episodes.row_task(r)
+                f.write(json.dumps({
+                    "step": step,
+                    "prompt": episodes.row_prompt(r).text,
+                    "completion": episodes.completions[r],
+                    "target": task.target,
+                    "nums": list(task.nums),
+                    "rewards": {k: v[r] for k, v in episodes.rewards.items()},
+                    "reward": episodes.totals[r],
+                    "advantage": advantages[r],
+                    "equation": extract_equation(episodes.completions[r]),
+                }) + "\n")
+
+    def run_eval(self) -> dict:
+        c = self.config
+        result = evaluate(
+            self.model, self.tokenizer, self.eval_tasks, max_tokens=c.max_completion_length,
+            enable_thinking=c.enable_thinking, prefill=c.prefill, seed=c.seed,
+        )
+        return {"eval/accuracy": result["accuracy"], "eval/format_rate": result["format_rate"],
+                "eval/completion_length": result["completion_length"]}
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self, on_step: Optional[Callable[[dict], None]] = None) -> dict:
+        """Train until max_steps (or Ctrl-C); return the final summary (last metrics + eval)."""
+        c = self.config
+        if self.overwrite:
+            ckpt.clear_run_dir(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with make_tracker(c.report_to, self.run_dir, c) as self.tracker:
+            if self.resume_from is not None:
+                self.state.step = ckpt.load_checkpoint(self.resume_from, self.model, self.optimizer)["step"]
+                self._truncate_logs(self.state.step)
+            else:
+                save_config(c, self.run_dir / "config.json")
+                if c.eval_every > 0:
+                    self._append_metrics({"step": 0, **self.run_eval()})
+            bar = StepProgress(c.max_steps, initial=self.state.step, enabled=self.progress)
+            with _graceful_interrupt(self.state):
+                while self.state.step < c.max_steps and not self.state.stop_requested:
+                    metrics = self.train_step(self.state.step + 1)
+                    bar.update(metrics)
+                    if on_step:
+                        on_step(metrics)
+            bar.close()
+            self.save()
+            if self.state.stop_requested:
+                raise TrainingInterrupted(self.state.step, self.run_dir)
+            return self.finish()
+
+    def train_step(self, step: int) -> dict:
+        c = self.config
+        mx.random.seed(step_seed(c.seed, step))  # dropout and anything else drawing from the global key
+        t0 = time.perf_counter()
+        episodes = self.sample(step)
+        mx.eval(episodes.rollout.tokens)
+        t1 = time.perf_counter()
+        advantages = compute_advantages(mx.array(episodes.totals), c.num_generations, c.scale_rewards).tolist()
+        t2 = time.perf_counter()
+        update_metrics = self.update(episodes)
+        t3 = time.perf_counter()
+        times = {"generate": t1 - t0, "score": t2 - t1, "update": t3 - t2, "step": t3 - t0}
+        metrics = self.step_metrics(step, episodes, update_metrics, times)
+        self.state.bad_steps = self.state.bad_steps + 1 if metrics["skipped"] else 0
+        if step % c.log_completions_every == 0 or step == 1:
+            self.log_completions(step, episodes, advantages)
+        if (c.eval_every and step % c.eval_every == 0) or step == c.max_steps:
+            metrics.update(self.run_eval())
+        self._append_metrics(metrics)
+        self.state.step = step
+        if self.state.bad_steps >= c.max_bad_steps:
+            last = ckpt.latest_checkpoint(self.run_dir)
+            where = f"the last good checkpoint {last.name} is intact" if last else "no checkpoint was written yet"
+            raise UserError(
+                f"stopped at step {step}: {self.state.bad_steps} consecutive updates had non-finite loss or gradients "
+                f"(try a lower --learning-rate); {where}"
+            )
+        if step % c.save_every == 0:
+            self.save()
+        return metrics
+
+    def save(self) -> None:
+        if self.state.step == 0:
+            return
+        ckpt.save_checkpoint(self.run_dir, self.state.step, self.model, self.adapter_config, self.optimizer,
+                             {"data_position": self.state.step * self.config.batch_size, "seed": self.config.seed})
+
+    def _append_metrics(self, metrics: dict) -> None:
+        self.state.history.append(metrics)
+        self.tracker.log(metrics, metrics["step"])
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    def _truncate_logs(self, step: int) -> None:
+        """Drop log lines written after the checkpoint being resumed (they will be written again)."""
+        for name in ("metrics.jsonl", "completions.jsonl"):
+            path = self.run_dir / name
+            if not path.exists():
+                continue
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash
+                if record.get("step", 0) <= step:
+                    kept.append(line)
+                    if name == "metrics.jsonl":
+                        self.state.history.append(record)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(k + "\n" for k in kept))
+            tmp.replace(path)
+
+    def finish(self) -> dict:
+        summary = dict(self.state.history[-1]) if self.state.history else {}
+        plot_reward_accuracy(self.state.history, self.run_dir / "plots" / "reward_accuracy.png")
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+class TrainingInterrupted(Exception):
+    def __init__(self, step: int, run_dir: Path):
+        self.step, self.run_dir = step, run_dir
+        super().__init__(
+            f"interrupted after step {step}; checkpoint saved. Resume with: "
+            f"mlx-grpo train --output-dir {run_dir} --resume (plus the same options)"
+        )
+
+
+@contextmanager
+def _graceful_interrupt(state: RunState):
+    """First Ctrl-C: finish the current step, save, stop. Second Ctrl-C: stop at once."""
+
+    def handler(signum, frame):
+        if state.stop_requested:
+            raise KeyboardInterrupt
+        state.stop_requested = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    """Run GRPO training as configured; returns the final metrics summary."""
+    return Trainer(config, resume=resume, overwrite=overwrite, progress=progress).run()

@@ -1,0 +1,144 @@
+"""The GRPO loop end to end on the tiny model: outputs, adapters, resume, run-dir safety, learning."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import mlx.core as mx
+import mlx_lm
+import numpy as np
+import pytest
+
+from mlx_grpo.config import TrainConfig
+from mlx_grpo.errors import UserError
+from mlx_grpo.model import adapters_disabled
+from mlx_grpo.trainer import Trainer, task_indices, train
+
+
+@pytest.fixture
+def spaces(tmp_path) -> str:
+    """A reward spec that a random model's samples already vary on: the share of spaces in the text
+    (the fraction of tokens that start a word, in a byte-level BPE)."""
+    path = tmp_path / "count_reward.py"
+    path.write_text("def spaces(completions, **kw):\n    return [c.count(' ') / max(len(c), 1) for c in completions]\n")
+    return f"{path}:spaces"
+
+
+def tiny_config(model_path, out, **overrides) -> TrainConfig:
+    settings = dict(
+        model=str(model_path), dataset="generate", rewards=["format", "equation", overrides.pop("extra_reward")], num_samples=40, test_size=0.2, batch_size=2,
+        num_generations=4, max_completion_length=12, max_steps=3, learning_rate=5e-3, output_dir=str(out),
+        eval_every=0, eval_samples=4, save_every=1, log_completions_every=1, seed=3,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_writes_metrics_completions_and_mlx_lm_adapters(tiny_model_path, tmp_path, spaces):
+    out = tmp_path / "run"
+    summary = train(tiny_config(tiny_model_path, out, extra_reward=spaces), progress=False)
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for key in ("reward", "rewards/format", "rewards/equation", "accuracy", "format_rate", "completion_length/mean",
+                "completion_length/max", "truncated_frac", "kl", "clip_frac/low", "clip_frac/high", "grad_norm", "lr",
+                "time/generate", "time/score", "time/update", "tokens_per_s", "peak_memory_gb", "zero_adv_frac"):
+        assert key in metrics[-1], key
+    assert all(math.isfinite(m["loss"]) and not m["skipped"] for m in metrics)
+    assert "eval/accuracy" in summary  # a final evaluation runs when eval_every is 0
+    completions = read_jsonl(out / "completions.jsonl")
+    assert len(completions) == 3 * 2 * 4 and {"prompt", "completion", "rewards", "advantage"} <= set(completions[0])
+    assert json.loads((out / "config.json").read_text()) == tiny_config(tiny_model_path, out, extra_reward=spaces).to_dict()
+
+    # The adapters load as they are with mlx-lm and change the model's output.
+    base, tokenizer = mlx_lm.load(str(tiny_model_path))
+    adapted, _ = mlx_lm.load(str(tiny_model_path), adapter_path=str(out))
+    ids = mx.array([tokenizer.encode("<think> 44 + 19 </think>")])
+    assert not np.allclose(np.array(base(ids)), np.array(adapted(ids)), atol=1e-6)
+    text = mlx_lm.generate(adapted, tokenizer, "Given the numbers", max_tokens=4)
+    assert isinstance(text, str)
+
+
+def test_adapters_off_equal_the_base_model_after_training(tiny_model_path, tmp_path, spaces):
+    trainer = Trainer(tiny_config(tiny_model_path, tmp_path / "run", max_steps=2, extra_reward=spaces), progress=False)
+    ids = mx.array([[5, 6, 7, 8, 9]])
+    base, _ = mlx_lm.load(str(tiny_model_path))
+    want = np.array(base(ids))
+    np.testing.assert_allclose(np.array(trainer.model(ids)), want, atol=1e-5)  # lora_b starts at zero
+    trainer.run()
+    assert not np.allclose(np.array(trainer.model(ids)), want, atol=1e-4)
+    with adapters_disabled(trainer.model):
+        np.testing.assert_allclose(np.array(trainer.model(ids)), want, atol=1e-5)
+
+
+def test_resumed_run_ends_with_the_same_adapters(tiny_model_path, tmp_path, spaces):
+    def config(out, steps):
+        return tiny_config(tiny_model_path, out, max_steps=steps, save_every=2, extra_reward=spaces)
+
+    straight = tmp_path / "straight"
+    train(config(straight, 4), progress=False)
+    stopped = tmp_path / "stopped"
+    train(config(stopped, 2), progress=False)
+    train(config(stopped, 4), resume=True, progress=False)
+    a = mx.load(str(straight / "adapters.safetensors"))
+    b = mx.load(str(stopped / "adapters.safetensors"))
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(np.array(a[k]), np.array(b[k]))
+    assert [m["step"] for m in read_jsonl(stopped / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_existing_run_is_never_overwritten_without_a_flag(tiny_model_path, tmp_path, spaces):
+    out = tmp_path / "run"
+
+    def config(out, **kw):
+        return tiny_config(tiny_model_path, out, extra_reward=spaces, **{"max_steps": 1, **kw})
+
+    train(config(out), progress=False)
+    before = (out / "adapters.safetensors").read_bytes()
+    with pytest.raises(UserError, match="already holds a run"):
+        Trainer(config(out), progress=False)
+    with pytest.raises(UserError, match="holds a different run"):
+        Trainer(config(out, max_steps=2, learning_rate=1e-3), resume=True, progress=False)
+    assert (out / "adapters.safetensors").read_bytes() == before
+    with pytest.raises(UserError, match="nothing to resume"):
+        Trainer(config(tmp_path / "empty"), resume=True, progress=False)
+    train(config(out, seed=9), overwrite=True, progress=False)
+    assert json.loads((out / "config.json").read_text())["seed"] == 9
+
+
+def test_task_order_is_a_seeded_permutation_per_epoch():
+    steps = [task_indices(s, 4, 10, seed=1) for s in range(1, 6)]  # 20 draws = 2 epochs of 10
+    flat = sum(steps, [])
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert task_indices(3, 4, 10, seed=1) == steps[2]
+    assert task_indices(1, 4, 10, seed=2) != steps[0]
+
+
+def test_non_finite_updates_are_skipped_then_the_run_stops(tiny_model_path, tmp_path, spaces):
+    """A learning rate that blows the weights up: later losses are NaN, those updates are skipped,
+    and after max_bad_steps in a row the run stops with a clear message."""
+    out = tmp_path / "run"
+    config = tiny_config(tiny_model_path, out, max_steps=8, max_bad_steps=3, learning_rate=1e30, extra_reward=spaces)
+    with pytest.raises(UserError, match="3 consecutive updates had non-finite loss or gradients"):
+        train(config, progress=False)
+    skipped = [m["skipped"] for m in read_jsonl(out / "metrics.jsonl")]
+    assert skipped[-3:] == [True, True, True] and not skipped[0]
+    assert (out / "checkpoints" / "step-000001" / "adapters.safetensors").is_file()
+
+
+def test_gradients_flow_through_the_whole_loop(tiny_model_path, tmp_path, spaces):
+    """A reward that only asks for more word-starting tokens rises clearly within a few dozen steps."""
+    out = tmp_path / "run"
+    config = tiny_config(
+        tiny_model_path, out, max_steps=16, batch_size=4, num_generations=8, max_completion_length=8,
+        learning_rate=5e-3, extra_reward=spaces, save_every=30, log_completions_every=30, scale_rewards="batch",
+    ).replace(rewards=[spaces])
+    train(config, progress=False)
+    rewards = [m["reward"] for m in read_jsonl(out / "metrics.jsonl") if "reward" in m]
+    first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
+    assert last > first + 0.2, (first, last)
