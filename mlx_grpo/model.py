@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -21,9 +22,11 @@ ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
 def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and not Path(name).suffix
+    return bool(_HUB_ID.match(name))
 
 
 def load_model(
@@ -50,13 +53,12 @@ def load_model(
     """
     import mlx_lm
 
+    check_model_source(name)
     path = Path(name).expanduser()
-    if not path.exists() and not _looks_like_hub_id(name):
-        raise UserError(f"model not found: {name} (not a local folder, and not a Hub id like Qwen/Qwen3-0.6B)")
-    if path.exists() and not (path / "config.json").is_file():
-        raise UserError(f"not a model folder: {name} (no config.json)")
     if adapter_path is not None:
         _check_adapter_folder(adapter_path)
+    if not path.exists():
+        _check_hub_reachable(name)
     try:
         model, tokenizer = mlx_lm.load(
             str(path) if path.exists() else name,
@@ -85,6 +87,30 @@ def _load_error_message(name: str, is_local: bool, error: Exception) -> str:
         f"cannot load {name} from the Hugging Face Hub ({type(error).__name__}). "
         "Check the network and the id, or run the offline demo: `make demo` (bundled tiny model)"
     )
+
+
+def check_model_source(name: str) -> None:
+    """Fail early (before data or weights load) on a path that cannot be a model."""
+    path = Path(name).expanduser()
+    if not path.exists() and not _looks_like_hub_id(name):
+        raise UserError(f"model not found: {name} (not a local folder, and not a Hub id like Qwen/Qwen3-0.6B)")
+    if path.exists() and not (path / "config.json").is_file():
+        raise UserError(f"not a model folder: {name} (no config.json)")
+
+
+def _check_hub_reachable(name: str) -> None:
+    from huggingface_hub import try_to_load_from_cache
+
+    from mlx_grpo.network import hub_offline_reason
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # in the local Hub cache: mlx-lm loads it without the network
+    reason = hub_offline_reason()
+    if reason:
+        raise UserError(
+            f"cannot load {name}: the Hugging Face Hub is out of reach ({reason}) and the model is not in the local "
+            "cache. Run the offline demo instead: `make demo` (bundled tiny model)"
+        )
 
 
 def _check_adapter_folder(adapter_path: str) -> None:

@@ -38,7 +38,7 @@ from mlx_grpo.errors import UserError
 from mlx_grpo.evaluate import evaluate
 from mlx_grpo.grpo import batch_normalizer, compute_advantages, policy_loss
 from mlx_grpo.logprobs import left_pad, sequence_logprobs
-from mlx_grpo.model import add_lora, adapters_disabled, load_model
+from mlx_grpo.model import add_lora, adapters_disabled, check_model_source, load_model
 from mlx_grpo.plots import plot_reward_accuracy
 from mlx_grpo.progress import StepProgress
 from mlx_grpo.rewards import RewardSet
@@ -94,10 +94,11 @@ class Trainer:
         self.progress = progress
         self.overwrite = overwrite
         self.reward_set = RewardSet.from_specs(config.rewards)
+        check_model_source(config.model)
+        self.resume_from = ckpt.prepare_run_dir(self.run_dir, config.to_dict(), resume=resume, overwrite=overwrite)
         tasks = load_tasks(config.dataset, seed=config.seed, num_samples=config.num_samples)
         self.train_tasks, self.test_tasks = split_tasks(tasks, config.test_size)
         self.eval_tasks = self.test_tasks[: config.eval_samples]
-        self.resume_from = ckpt.prepare_run_dir(self.run_dir, config.to_dict(), resume=resume, overwrite=overwrite)
         _set_memory_limit(config.max_memory)
         self.model, self.tokenizer = load_model(
             config.model, quantize=config.quantize, dtype=config.dtype, trust_remote_code=config.trust_remote_code

@@ -22,15 +22,13 @@ def cli():
 
 def _register() -> None:
     # Imported here so that each module can import `cli` above without a cycle.
-    from mlx_grpo.cli import data, train  # noqa: F401
-    from mlx_grpo.cli import report  # noqa: F401
-    from mlx_grpo.cli import hub  # noqa: F401
+    from mlx_grpo.cli import data, hub, report, train  # noqa: F401
 
 
 def main(argv=None) -> None:
     _register()
     try:
-        cli.main(args=argv, prog_name="mlx-grpo", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="mlx-grpo", standalone_mode=False)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
@@ -42,3 +40,6 @@ def main(argv=None) -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    # Without standalone mode click returns ctx.exit(N)'s code instead of exiting with it.
+    if isinstance(code, int):
+        sys.exit(code)

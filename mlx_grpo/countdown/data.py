@@ -225,6 +225,13 @@ def _read_csv(path: Path) -> list[Task]:
 def _read_hub(name: str) -> list[Task]:
     import datasets
 
+    from mlx_grpo.network import hub_offline_reason
+
+    offline = None if _datasets_cached(name) else hub_offline_reason()
+    if offline:
+        raise UserError(
+            f"{name!r} is not a local file and the Hugging Face Hub is out of reach ({offline}). "
+            "`make demo` runs without the Hub; or pass a local .jsonl/.json/.parquet/.csv file, or `generate`")
     try:
         dataset = datasets.load_dataset(name, split="train")
     except Exception as e:  # noqa: BLE001 -- offline, unknown id, no train split...: all the user's to fix
@@ -235,6 +242,14 @@ def _read_hub(name: str) -> list[Task]:
     _check_columns(dataset.column_names, name)
     columns = dataset.select_columns(["target", "nums"]).to_dict()
     return _tasks_from_columns(columns["target"], columns["nums"], name)
+
+
+def _datasets_cached(name: str) -> bool:
+    """True when `datasets` has this id in its local cache (it can then load it offline)."""
+    from datasets import config
+
+    folder = Path(config.HF_DATASETS_CACHE) / name.replace("/", "___")
+    return folder.is_dir()
 
 
 _READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet, ".csv": _read_csv}
