@@ -1,0 +1,105 @@
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+from mlx_lm.tuner.utils import linear_to_lora_layers
+
+from mlx_grpo.logprobs import chunk_nbytes, left_pad, sequence_logprobs
+
+PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
+
+
+def _batch(vocab: int, T: int = 5, seed: int = 0):
+    """Left-padded prompts and random completion tokens (with some right padding)."""
+    prompts, pad = left_pad(PROMPTS)
+    tokens = mx.array(np.random.default_rng(seed).integers(0, vocab, (len(PROMPTS), T)), dtype=mx.int32)
+    mask = mx.array([[1] * T, [1] * (T - 2) + [0, 0], [1] * (T - 1) + [0]], dtype=mx.float32)
+    return prompts, pad, tokens, mask
+
+
+def _reference(model, prompt, completion, temperature=1.0):
+    """log p(completion | prompt) from one plain forward pass over the unpadded row."""
+    ids = mx.array([list(prompt) + list(completion)])
+    logits = model(ids)[0, len(prompt) - 1 : -1].astype(mx.float32) / temperature  # [T, V]
+    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    return np.array(mx.take_along_axis(logp, mx.array(completion)[:, None], axis=-1)[:, 0])
+
+
+def test_left_pad_layout():
+    prompts, pad = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert prompts.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert pad.tolist() == [0, 2]
+    assert prompts.dtype == mx.int32
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_batched_left_padded_rows_match_single_unpadded_rows(tiny_model, temperature):
+    model, _ = tiny_model
+    prompts, pad, tokens, mask = _batch(model.args.vocab_size)
+    got = np.array(sequence_logprobs(model, prompts, pad, tokens, mask, temperature=temperature))
+    for r, prompt in enumerate(PROMPTS):
+        n = int(mask[r].sum().item())
+        want = _reference(model, prompt, tokens[r, :n].tolist(), temperature)
+        np.testing.assert_allclose(got[r, :n], want, atol=1e-5)
+        assert np.all(got[r, n:] == 0)
+
+
+def test_more_left_padding_gives_the_same_logprobs(tiny_model):
+    model, _ = tiny_model
+    completion = mx.array([[40, 41, 42, 43]], dtype=mx.int32)
+    results = []
+    for extra in (0, 3, 17):
+        prompts = mx.array([[0] * extra + [5, 6, 7]], dtype=mx.int32)
+        results.append(np.array(sequence_logprobs(model, prompts, mx.array([extra]), completion)))
+    np.testing.assert_allclose(results[1], results[0], atol=1e-5)
+    np.testing.assert_allclose(results[2], results[0], atol=1e-5)
+
+
+def test_chunked_equals_unchunked(tiny_model):
+    model, _ = tiny_model
+    prompts, pad, tokens, mask = _batch(model.args.vocab_size, T=7)
+    whole = sequence_logprobs(model, prompts, pad, tokens, mask, chunk_size=10**6)
+    for chunk in (1, 4, 5):
+        chunked = sequence_logprobs(model, prompts, pad, tokens, mask, chunk_size=chunk)
+        np.testing.assert_allclose(np.array(chunked), np.array(whole), atol=1e-5)
+
+
+def test_chunk_nbytes(tiny_model):
+    model, _ = tiny_model
+    assert chunk_nbytes(model, 256) == 256 * model.args.vocab_size * 4
+
+
+def _lora(model):
+    model.freeze()
+    linear_to_lora_layers(model, len(model.layers), {"rank": 4, "scale": 10.0, "dropout": 0.0})
+    return model
+
+
+def test_gradients_reach_lora_params_and_chunking_does_not_change_them(tiny_model):
+    model = _lora(tiny_model[0])
+    prompts, pad, tokens, mask = _batch(model.args.vocab_size)
+
+    def grads(chunk_size):
+        def loss(params):
+            model.update(params)
+            return sequence_logprobs(model, prompts, pad, tokens, mask, chunk_size=chunk_size).sum()
+
+        _, g = mx.value_and_grad(loss)(model.trainable_parameters())
+        return dict(tree_flatten(g))
+
+    chunked, whole = grads(3), grads(10**6)
+    assert chunked and all(".lora_" in name for name in chunked)
+    lora_b = [name for name in chunked if name.endswith("lora_b")]  # lora_a's gradient is 0 while lora_b is 0
+    assert lora_b and all(mx.abs(chunked[name]).sum().item() > 0 for name in lora_b)
+    for name in chunked:
+        np.testing.assert_allclose(np.array(chunked[name]), np.array(whole[name]), atol=1e-4, rtol=1e-4)
+
+
+def test_value_and_grad_through_a_module_loss(tiny_model):
+    model = _lora(tiny_model[0])
+    prompts, pad, tokens, mask = _batch(model.args.vocab_size)
+    loss_and_grad = nn.value_and_grad(model, lambda m: -sequence_logprobs(m, prompts, pad, tokens, mask).sum())
+    loss, grads = loss_and_grad(model)
+    assert np.isfinite(loss.item())
+    assert all(np.isfinite(np.array(g)).all() for _, g in tree_flatten(grads))
