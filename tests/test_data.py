@@ -218,8 +218,8 @@ def test_bad_paths_and_sizes(tmp_path, real_file):
 def test_unreachable_hub_dataset_points_to_offline_options(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # conftest sets it too; the Hub is never contacted
     message = assert_user_error(lambda: load_tasks("nobody-here/made-up-countdown-tasks"),
-                                "'nobody-here/made-up-countdown-tasks' is not a local file and could not be loaded "
-                                "from the Hugging Face Hub (ConnectionError: ")
+                                "'nobody-here/made-up-countdown-tasks' is not a local file and the Hugging Face Hub "
+                                "is out of reach (HF_")
     assert "`make demo`" in message and "`generate`" in message and "local .jsonl" in message
 
 
@@ -230,3 +230,13 @@ def assert_user_error(call, expected: str) -> str:
     assert "\n" not in message
     assert message.startswith(expected), message
     return message
+
+
+@pytest.mark.parametrize("variable", ["HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"])
+def test_either_offline_variable_gives_the_hint_at_once(monkeypatch, variable):
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv(variable, "1")
+    message = assert_user_error(lambda: load_tasks("nobody-here/made-up-countdown-tasks"),
+                                "'nobody-here/made-up-countdown-tasks' is not a local file")
+    assert f"({variable} is set)" in message

@@ -13,7 +13,9 @@ from test_report import png_size, write_synthetic_run
 
 from mlx_grpo import report
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+# --in-process-gpu: on a loaded machine the separate GPU process sometimes fails to launch and
+# Chromium gives up ("GPU process isn't usable"); in-process it cannot fail that way.
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--in-process-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WINDOW = (1200, 2000)
 
@@ -37,7 +39,9 @@ def chromium() -> str:
 
 def run_chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [binary, *FLAGS, f"--user-data-dir={profile}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    # The OpenBLAS preload that speeds up MLX makes Chromium hang: it gets a clean environment.
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_report_renders_in_chromium_and_runs_no_model_text(tmp_path, chromium):

@@ -227,7 +227,7 @@ def _read_hub(name: str) -> list[Task]:
 
     from mlx_grpo.network import hub_offline_reason
 
-    offline = None if _datasets_cached(name) else hub_offline_reason()
+    offline = None if _datasets_cached(name) else hub_offline_reason(offline_vars=("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
     if offline:
         raise UserError(
             f"{name!r} is not a local file and the Hugging Face Hub is out of reach ({offline}). "
