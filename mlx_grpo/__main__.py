@@ -1,3 +1,3 @@
-from mlx_grpo.cli import main
+from mlx_grpo.cli import entry
 
-main()
+entry()

@@ -25,6 +25,14 @@ def _register() -> None:
     from mlx_grpo.cli import data, hub, report, train  # noqa: F401
 
 
+def entry() -> None:
+    """The console script and `python -m mlx_grpo`: the OpenBLAS fast path first (Linux CPU only)."""
+    from mlx_grpo.blas import maybe_reexec_with_openblas
+
+    maybe_reexec_with_openblas()
+    main()
+
+
 def main(argv=None) -> None:
     _register()
     try:
