@@ -33,6 +33,16 @@ def entry() -> None:
     main()
 
 
+_HELP_ERRORS = tuple(getattr(click.exceptions, name) for name in ("NoArgsIsHelpError",) if hasattr(click.exceptions, name))
+
+
+def _one_line(error: click.ClickException) -> str:
+    """Click's message (a bad flag value, an unknown option...) folded to one line, with the help hint."""
+    message = " ".join(error.format_message().split())
+    ctx = getattr(error, "ctx", None)
+    return f"{message} (see '{ctx.command_path} --help')" if ctx is not None else message
+
+
 def main(argv=None) -> None:
     _register()
     try:
@@ -44,7 +54,10 @@ def main(argv=None) -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:
-        e.show()
+        if isinstance(e, _HELP_ERRORS):
+            e.show()  # `mlx-grpo` alone: the help text, as click prints it
+        else:
+            click.echo(f"error: {_one_line(e)}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
