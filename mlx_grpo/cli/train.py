@@ -90,16 +90,17 @@ def config_options(func):
 def train(config_file, resume, overwrite, quiet, **flags):
     """Train LoRA adapters with GRPO (defaults: Qwen/Qwen3-0.6B on Countdown)."""
     from mlx_grpo.presets import preset_for_model
-    from mlx_grpo.trainer import TrainingInterrupted, train as run_training
+    from mlx_grpo.trainer import Trainer, TrainingInterrupted
 
     flags["rewards"] = list(flags["rewards"]) or None
     if flags.get("quantize") is not None:
         flags["quantize"] = int(flags["quantize"])
     model = flags.get("model") or _model_in_file(config_file)
     config = build_config(config_file, flags, base=preset_for_model(model))
+    trainer = Trainer(config, resume=resume, overwrite=overwrite, progress=not quiet)  # every check, nothing written
     click.echo(f"run: {config.output_dir}  model: {config.model}  dataset: {config.dataset}", err=True)
     try:
-        summary = run_training(config, resume=resume, overwrite=overwrite, progress=not quiet)
+        summary = trainer.run()
     except TrainingInterrupted as e:
         click.echo(str(e), err=True)
         sys.exit(130)
