@@ -186,7 +186,12 @@ def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise UserError(f"cannot parse config file {path}: not UTF-8 text ({e.reason})") from None
+    except OSError as e:
+        raise UserError(f"cannot read config file {path}: {e.strerror or e}") from None
     try:
         if path.suffix == ".toml":
             if sys.version_info >= (3, 11):
