@@ -19,6 +19,24 @@ from mlx_grpo.errors import UserError
 
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
 SCALE_REWARDS = ("group", "batch", "none")
+_MEMORY_UNITS = {"GB": 2**30, "G": 2**30, "MB": 2**20, "M": 2**20}
+
+
+def memory_bytes(text: str) -> int:
+    """A memory size as `--max-memory` takes it ("12GB", "512MB", "8G", or bytes) -> bytes.
+
+    Raises:
+        UserError: malformed, not finite, or not positive.
+    """
+    upper = text.strip().upper()
+    unit = next((u for u in _MEMORY_UNITS if upper.endswith(u)), None)
+    try:
+        size = float(upper[: -len(unit)] if unit else upper) * (_MEMORY_UNITS[unit] if unit else 1)
+    except ValueError:
+        size = math.nan
+    if not (math.isfinite(size) and size >= 1):
+        raise UserError(f"invalid config: max_memory must be a size like 12GB or 512MB (got {text!r})")
+    return int(size)
 
 
 @dataclass
@@ -120,6 +138,8 @@ class TrainConfig:
         for name in ("learning_rate", "temperature", "beta", "epsilon", "lora_scale", "max_grad_norm"):
             if not math.isfinite(getattr(self, name)):
                 raise UserError(f"invalid config: {name} must be finite")
+        if self.max_memory is not None:
+            memory_bytes(self.max_memory)  # checked on every platform, though only Metal uses it
 
     @property
     def clip_high(self) -> float:

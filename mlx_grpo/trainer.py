@@ -30,7 +30,7 @@ import numpy as np
 from mlx.utils import tree_map
 
 from mlx_grpo import checkpoint as ckpt
-from mlx_grpo.config import TrainConfig, save_config
+from mlx_grpo.config import TrainConfig, memory_bytes, save_config
 from mlx_grpo.countdown.data import load_tasks, split_tasks
 from mlx_grpo.countdown.expr import extract_equation
 from mlx_grpo.episodes import Episodes, run_episodes
@@ -75,13 +75,7 @@ def _set_memory_limit(max_memory: Optional[str]) -> None:
     if max_memory is None:
         limit = int(mx.device_info()["max_recommended_working_set_size"])
     else:
-        units = {"GB": 2**30, "G": 2**30, "MB": 2**20, "M": 2**20}
-        text = max_memory.strip().upper()
-        unit = next((u for u in units if text.endswith(u)), None)
-        try:
-            limit = int(float(text[: -len(unit)] if unit else text) * (units[unit] if unit else 1))
-        except ValueError:
-            raise UserError(f"invalid --max-memory {max_memory!r} (use e.g. 12GB)") from None
+        limit = memory_bytes(max_memory)
     mx.set_memory_limit(limit)
 
 
