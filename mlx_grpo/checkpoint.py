@@ -126,7 +126,8 @@ def prepare_run_dir(run_dir: str | Path, config_dict: dict, *, resume: bool, ove
 
     Raises:
         UserError: the folder holds a run and neither --resume nor --overwrite was given;
-            --resume with nothing to resume; --resume on a run with other settings.
+            --resume with nothing to resume; --resume on a run with other settings; a folder
+            that cannot be created or written (under a file, on a read-only disk).
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -139,12 +140,25 @@ def prepare_run_dir(run_dir: str | Path, config_dict: dict, *, resume: bool, ove
         if checkpoint is None:
             raise UserError(f"nothing to resume in {run_dir} (no checkpoint found)")
         _check_same_run(run_dir, config_dict)
+        _check_writable(run_dir)
         return checkpoint
     if has_run and not overwrite:
         raise UserError(f"output dir {run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
     if run_dir.is_dir() and not has_run and any(run_dir.iterdir()):
         raise UserError(f"output dir {run_dir} is not empty and does not hold a run; choose another --output-dir")
+    _check_writable(run_dir)
     return None
+
+
+def _check_writable(run_dir: Path) -> None:
+    """The run dir, or the nearest folder above it that exists, must be a folder we may write in."""
+    folder = run_dir.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"cannot create output dir {run_dir}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"output dir {run_dir}: {folder} is not writable")
 
 
 def clear_run_dir(run_dir: str | Path) -> None:
