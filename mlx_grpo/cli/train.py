@@ -97,6 +97,8 @@ def train(config_file, resume, overwrite, quiet, **flags):
         flags["quantize"] = int(flags["quantize"])
     model = flags.get("model") or _model_in_file(config_file)
     config = build_config(config_file, flags, base=preset_for_model(model))
+    if config.push_to_hub:
+        _check_push(config.push_to_hub)
     trainer = Trainer(config, resume=resume, overwrite=overwrite, progress=not quiet)  # every check, nothing written
     click.echo(f"run: {config.output_dir}  model: {config.model}  dataset: {config.dataset}", err=True)
     try:
@@ -109,6 +111,21 @@ def train(config_file, resume, overwrite, quiet, **flags):
         from mlx_grpo.hub import push_run
 
         push_run(config.output_dir, config.push_to_hub)
+
+
+def _check_push(repo_id: str) -> None:
+    """--push-to-hub: a valid repo id and a token, checked before hours of training rather than after."""
+    from huggingface_hub import get_token
+
+    from mlx_grpo.hub import check_repo_id
+
+    check_repo_id(repo_id)
+    try:
+        token = get_token()
+    except Exception:  # e.g. a failed OIDC exchange; its text may quote the credential
+        token = None
+    if not token:
+        raise UserError("--push-to-hub needs a Hugging Face token: set HF_TOKEN or run `hf auth login` first")
 
 
 def _model_in_file(config_file):
