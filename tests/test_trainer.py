@@ -142,3 +142,16 @@ def test_gradients_flow_through_the_whole_loop(tiny_model_path, tmp_path, spaces
     rewards = [m["reward"] for m in read_jsonl(out / "metrics.jsonl") if "reward" in m]
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
     assert last > first + 0.2, (first, last)
+
+
+def test_qlora_run_on_a_4bit_base_saves_adapters_that_mlx_lm_loads(tiny_model_path, tmp_path, spaces):
+    out = tmp_path / "run"
+    trainer = Trainer(tiny_config(tiny_model_path, out, max_steps=2, quantize=4, extra_reward=spaces), progress=False)
+    import mlx.nn as nn
+
+    quantized = [m for _, m in trainer.model.named_modules() if isinstance(m, nn.QuantizedLinear)]
+    assert quantized, "the base's linear layers should be 4-bit"
+    trainer.run()
+    weights = mx.load(str(out / "adapters.safetensors"))
+    assert weights and all(k.endswith(("lora_a", "lora_b")) for k in weights)
+    assert any(float(mx.abs(v).max()) > 0 for k, v in weights.items() if k.endswith("lora_b"))
