@@ -10,6 +10,7 @@ next save clears.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -81,8 +82,8 @@ def save_checkpoint(run_dir, step: int, model, adapter_config: dict, optimizer, 
         mx.save_safetensors(str(tmp / _OPTIMIZER), dict(tree_flatten(optimizer.state)))
         (tmp / _STATE).write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
         _fsync_tree(tmp)
-        if final.exists():  # re-saving a step after a resume: replace it, old copy last
-            shutil.rmtree(final)
+        if final.exists():  # saving a step again: replace it, old copy last
+            _discard(final)
         os.rename(tmp, final)
         _fsync_dir(root)
         publish_adapters(final, run_dir)
@@ -92,8 +93,17 @@ def save_checkpoint(run_dir, step: int, model, adapter_config: dict, optimizer, 
         kept = f"; the previous checkpoint {previous.name} is intact" if previous else ""
         raise UserError(f"cannot write checkpoint to {root}: {e.strerror or e}{kept}") from None
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):  # a checkpoint too many is no reason to stop the run
+            _discard(old)
     return final
+
+
+def _discard(checkpoint: Path) -> None:
+    """Delete a checkpoint folder, first renamed to a temp name: a crash half-way through the
+    deletion must not leave a partial folder under a checkpoint's name (the next save clears it)."""
+    doomed = checkpoint.with_name(f".tmp-old-{checkpoint.name}-{os.getpid()}")
+    os.rename(checkpoint, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def publish_adapters(checkpoint: Path, run_dir: Path) -> None:
