@@ -57,12 +57,20 @@ def grpo_step(spec: dict) -> dict:
         )
         trainer = Trainer(config, progress=False)
         trainer.tokenizer.eos_token_ids = []  # no stop token: every row generates exactly max_tokens
+        sample, sampled = trainer.sample, []
+
+        def sample_and_keep(step: int):  # keeps the last step's episodes, to count its prompt tokens
+            sampled[:] = [sample(step)]
+            return sampled[0]
+
+        trainer.sample = sample_and_keep
         metrics: list[dict] = []
         trainer.run(on_step=metrics.append)
         metrics = metrics[spec["warmup"]:]
     parts = {name: [m[f"time/{name}"] for m in metrics] for name in ("generate", "score", "update")}
     result = step_result([m["time/step"] for m in metrics], **parts)
     result["completion_tokens"] = metrics[-1]["completion_length/mean"] * len(spec["tasks"]) * spec["group_size"]
+    result["prompt_tokens"] = sum(len(ids) for ids in sampled[0].rollout.prompt_ids) * spec["group_size"]
     result["peak_mx_gib"] = max(m["peak_memory_gb"] for m in metrics)
     return result
 

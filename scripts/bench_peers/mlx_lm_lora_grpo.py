@@ -3,7 +3,7 @@
 Runs in its own venv (mlx-lm-lora==5.10.2 + mlx[cpu]). The CLI's `run(args, callback)` is called
 in-process with the CLI's defaults plus the benchmark's workload, so that the step is timed by the
 trainer's own per-report clock (steps_per_report=1) and the peak RSS covers what the CLI loads (a
-second full model as the reference). Two hooks around its `generate_grpo`: the stop tokens are
+second full model as the reference). One hook around its `generate_grpo`: the stop tokens are
 cleared (every row runs to max_tokens) and the call is timed.
 """
 
@@ -30,18 +30,23 @@ class StepClock(TrainingCallback):
         self.step_s.append(1.0 / info["iterations_per_second"])
 
 
-def full_length_timed_generate(generate_s: list[float]):
+def full_length_timed_generate(seen: dict):
+    """A stand-in for its generate_grpo: no stop token, timed, prompt and completion tokens counted."""
     original = grpo_trainer.generate_grpo
 
-    def generate_grpo(*, tokenizer, end_token, **kwargs):
+    def generate_grpo(*, tokenizer, end_token, prompt_tokens, group_size, **kwargs):
         eos = tokenizer.eos_token_ids
         tokenizer.eos_token_ids = []  # no stop token, no answer delimiter: full-length rows
         t0 = time.perf_counter()
         try:
-            return original(tokenizer=tokenizer, end_token="", **kwargs)
+            completions, texts, indices = original(tokenizer=tokenizer, end_token="", prompt_tokens=prompt_tokens,
+                                                   group_size=group_size, **kwargs)
         finally:
-            generate_s.append(time.perf_counter() - t0)
+            seen["generate_s"].append(time.perf_counter() - t0)
             tokenizer.eos_token_ids = eos
+        seen["prompt_tokens"] = sum(len(p) for p in prompt_tokens) * group_size
+        seen["completion_tokens"] = sum(c.size for c in completions)
+        return completions, texts, indices
 
     return generate_grpo
 
@@ -66,9 +71,10 @@ def cli_args(spec: dict, data_dir: Path, adapter_dir: Path):
 
 def main() -> None:
     spec, out = load_spec()
-    register_reward_function("bench_toy_reward")(lambda prompts, completions, answer, types=None: toy_reward(completions))
-    generate_s: list[float] = []
-    grpo_trainer.generate_grpo = full_length_timed_generate(generate_s)
+    register_reward_function("bench_toy_reward")(lambda prompts, completions, answer, types=None:
+                                                 toy_reward(completions))
+    seen: dict = {"generate_s": []}
+    grpo_trainer.generate_grpo = full_length_timed_generate(seen)
     clock = StepClock()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -77,8 +83,8 @@ def main() -> None:
         (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         cli.run(cli_args(spec, data, Path(tmp) / "adapters"), training_callback=clock)
     w = spec["warmup"]
-    result = step_result(clock.step_s[w:], generate=generate_s[w:])
-    result["version"] = version("mlx-lm-lora")
+    result = step_result(clock.step_s[w:], generate=seen.pop("generate_s")[w:])
+    result.update(seen, version=version("mlx-lm-lora"))
     write_result(out, result)
 
 

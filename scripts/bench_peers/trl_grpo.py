@@ -82,7 +82,10 @@ def main() -> None:
         lengths = [m for m in trainer.state.log_history if "completions/mean_length" in m]
     w = spec["warmup"]
     result = step_result(clock.step_s[w:], generate=TimedGRPOTrainer.generate_s[w:])
+    prompt_tokens = sum(len(trainer.processing_class.apply_chat_template(
+        m, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]) for m in spec["messages"])
     result.update(version=version("trl"), torch=torch.__version__, threads=torch.get_num_threads(),
+                  prompt_tokens=prompt_tokens * spec["group_size"],
                   completion_tokens=lengths[-1]["completions/mean_length"] * rows if lengths else None)
     write_result(out, result)
 
