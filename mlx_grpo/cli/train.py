@@ -8,6 +8,7 @@ not override the config file or the defaults.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import sys
 import typing
@@ -106,11 +107,28 @@ def train(config_file, resume, overwrite, quiet, **flags):
     except TrainingInterrupted as e:
         click.echo(str(e), err=True)
         sys.exit(130)
+    except OSError as e:
+        if e.errno not in _DISK_ERRORS:
+            raise
+        raise UserError(_disk_error(e, config.output_dir)) from None
     click.echo(format_table(_summary_rows(summary), title="final metrics"))
     if config.push_to_hub:
         from mlx_grpo.hub import push_run
 
         push_run(config.output_dir, config.push_to_hub)
+
+
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+
+
+def _disk_error(error: OSError, run_dir: str) -> str:
+    """A write that failed mid-run (full disk, read-only or lost mount): what failed, and what is safe."""
+    from mlx_grpo.checkpoint import latest_checkpoint
+
+    what = f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")
+    latest = latest_checkpoint(run_dir)
+    kept = f"checkpoint {latest.name} is intact; fix the disk and continue with --resume" if latest else "no checkpoint yet"
+    return f"training stopped: cannot write to {run_dir}: {what}; {kept}"
 
 
 def _check_push(repo_id: str) -> None:
