@@ -81,6 +81,8 @@ def load_model(
 
 def _load_error_message(name: str, is_local: bool, error: Exception) -> str:
     text = " ".join(str(error).split())[:300]
+    if "trust_remote_code" in str(error):  # mlx-lm refused a config.json `model_file`
+        return f"{name} builds its architecture with its own Python code; pass --trust-remote-code only if you trust it"
     if is_local:
         return f"cannot load model from {name}: {type(error).__name__}: {text}"
     return (

@@ -173,9 +173,10 @@ def _summary_rows(summary: dict) -> dict:
 @click.option("--enable-thinking/--no-enable-thinking", default=True, show_default=True)
 @click.option("--prefill", default="", help="Text the assistant turn starts with.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the results (and samples) as JSON here.")
+@click.option("--trust-remote-code", is_flag=True, help=_HELP["trust_remote_code"])
 @click.option("--quiet", is_flag=True)
 def eval_command(model, adapter_path, dataset, num_samples, seed, max_tokens, batch_size, pass_k, temperature,
-                 enable_thinking, prefill, output, quiet):
+                 enable_thinking, prefill, output, trust_remote_code, quiet):
     """Greedy accuracy (pass@1), format rate and length on Countdown tasks."""
     from mlx_grpo.countdown.data import load_tasks
     from mlx_grpo.evaluate import evaluate
@@ -184,7 +185,7 @@ def eval_command(model, adapter_path, dataset, num_samples, seed, max_tokens, ba
     if output and Path(output).exists():
         raise UserError(f"{output} already exists; choose another --output")
     tasks = load_tasks(dataset, seed=seed, num_samples=num_samples)
-    loaded, tokenizer = load_model(model, adapter_path=adapter_path)
+    loaded, tokenizer = load_model(model, adapter_path=adapter_path, trust_remote_code=trust_remote_code)
     samples: list = []
     result = evaluate(loaded, tokenizer, tasks, max_tokens=max_tokens, batch_size=batch_size, pass_k=pass_k,
                       temperature=temperature, enable_thinking=enable_thinking, prefill=prefill, seed=seed,
