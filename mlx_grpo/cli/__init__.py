@@ -44,13 +44,13 @@ def _one_line(error: click.ClickException) -> str:
 
 
 def main(argv=None) -> None:
-    _register()
     try:
+        _register()
         code = cli.main(args=argv, prog_name="mlx-grpo", standalone_mode=False)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C before training starts: nothing written
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:
