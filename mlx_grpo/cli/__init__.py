@@ -33,7 +33,8 @@ def entry() -> None:
     main()
 
 
-_HELP_ERRORS = tuple(getattr(click.exceptions, name) for name in ("NoArgsIsHelpError",) if hasattr(click.exceptions, name))
+# `mlx-grpo` with no command: click shows the help text through an exception (click >= 8.2).
+_HELP_ERRORS = tuple(getattr(click.exceptions, n) for n in ("NoArgsIsHelpError",) if hasattr(click.exceptions, n))
 
 
 def _one_line(error: click.ClickException) -> str:

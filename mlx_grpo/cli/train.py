@@ -127,7 +127,8 @@ def _disk_error(error: OSError, run_dir: str) -> str:
 
     what = f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")
     latest = latest_checkpoint(run_dir)
-    kept = f"checkpoint {latest.name} is intact; fix the disk and continue with --resume" if latest else "no checkpoint yet"
+    kept = (f"checkpoint {latest.name} is intact; fix the disk and continue with --resume" if latest
+            else "no checkpoint yet")
     return f"training stopped: cannot write to {run_dir}: {what}; {kept}"
 
 
