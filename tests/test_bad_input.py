@@ -118,6 +118,11 @@ def train(*args: str) -> list[str]:
     return TRAIN + list(args)
 
 
+def data(name: str, samples: str = "1") -> list[str]:
+    """`train` on the workspace's dataset file `name`."""
+    return train("--dataset", "{ws}/" + name, "--num-samples", samples)
+
+
 def eval_(*args: str) -> list[str]:
     return ["eval", "--model", "{ws}/model", "--dataset", "{ws}/tasks.jsonl", "--num-samples", "2",
             "--max-tokens", "2", "--quiet", *args]
@@ -144,17 +149,17 @@ CASES = [
     ("data-missing", train("--dataset", "{ws}/nope.jsonl"), "no such file"),
     ("data-empty", train("--dataset", "{ws}/empty.jsonl"), "no tasks"),
     ("data-blank-lines", train("--dataset", "{ws}/blank.jsonl"), "no tasks"),
-    ("data-malformed-line", train("--dataset", "{ws}/malformed.jsonl", "--num-samples", "6"), "line 7: malformed JSON"),
-    ("data-missing-column", train("--dataset", "{ws}/no_nums.jsonl", "--num-samples", "1"), "missing 'nums'"),
-    ("data-float-numbers", train("--dataset", "{ws}/float_nums.jsonl", "--num-samples", "1"), "must be a list of integers"),
-    ("data-text-target", train("--dataset", "{ws}/text_target.jsonl", "--num-samples", "1"), "'target' must be an integer"),
-    ("data-one-number", train("--dataset", "{ws}/one_num.jsonl", "--num-samples", "1"), "must hold 2 to"),
-    ("data-negative-number", train("--dataset", "{ws}/negative.jsonl", "--num-samples", "1"), "non-negative"),
-    ("data-wrong-shape-json", train("--dataset", "{ws}/not_rows.json", "--num-samples", "1"), "missing 'target'"),
-    ("data-csv-no-target", train("--dataset", "{ws}/no_target.csv", "--num-samples", "1"), "missing column 'target'"),
-    ("data-garbage-parquet", train("--dataset", "{ws}/garbage.parquet", "--num-samples", "1"), "not a readable Parquet"),
+    ("data-malformed-line", data("malformed.jsonl", "6"), "line 7: malformed JSON"),
+    ("data-missing-column", data("no_nums.jsonl"), "missing 'nums'"),
+    ("data-float-numbers", data("float_nums.jsonl"), "must be a list of integers"),
+    ("data-text-target", data("text_target.jsonl"), "'target' must be an integer"),
+    ("data-one-number", data("one_num.jsonl"), "must hold 2 to"),
+    ("data-negative-number", data("negative.jsonl"), "non-negative"),
+    ("data-wrong-shape-json", data("not_rows.json"), "missing 'target'"),
+    ("data-csv-no-target", data("no_target.csv"), "missing column 'target'"),
+    ("data-garbage-parquet", data("garbage.parquet"), "not a readable Parquet"),
     ("data-unsupported-suffix", train("--dataset", "{ws}/tasks.txt"), "unsupported file type"),
-    ("data-not-utf8", train("--dataset", "{ws}/latin1.jsonl", "--num-samples", "1"), "not UTF-8"),
+    ("data-not-utf8", data("latin1.jsonl"), "not UTF-8"),
     ("data-is-a-folder", train("--dataset", "{ws}/dataset_dir.jsonl"), "is a directory"),
     ("data-too-few-rows", train("--num-samples", "100"), "asked for 100 samples but it holds only 6"),
     ("data-hub-offline", train("--dataset", "someone/countdown-data"), "out of reach"),
