@@ -164,7 +164,7 @@ def kill_at(argv, run: Path, trigger) -> tuple[int, str]:
                 time.sleep(delay)
                 proc.kill()
                 break
-            time.sleep(0.002)
+            time.sleep(0.001)  # a checkpoint's temp folder lives a few ms (fsyncs included)
     finally:
         proc.kill()
         _, err = proc.communicate()
