@@ -306,8 +306,9 @@ class Trainer:
         return metrics
 
     def save(self) -> None:
-        if self.state.step == 0:
-            return
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if self.state.step == 0 or (latest is not None and latest.name == f"step-{self.state.step:06d}"):
+            return  # nothing trained yet, or this step is already saved (end of run on a save step)
         ckpt.save_checkpoint(self.run_dir, self.state.step, self.model, self.adapter_config, self.optimizer,
                              {"data_position": self.state.step * self.config.batch_size, "seed": self.config.seed})
 
