@@ -5,7 +5,7 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
-from mlx_grpo.logprobs import chunk_nbytes, left_pad, sequence_logprobs
+from mlx_grpo.logprobs import LeftPadCache, chunk_nbytes, hidden_states, left_pad, output_layer, sequence_logprobs
 
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
 
@@ -65,9 +65,21 @@ def test_chunked_equals_unchunked(tiny_model):
         np.testing.assert_allclose(np.array(chunked), np.array(whole), atol=1e-5)
 
 
+def test_non_differentiable_gives_the_same_values_and_no_gradient(tiny_model):
+    model, _ = tiny_model
+    prompts, pad, tokens, mask = _batch(model.args.vocab_size)
+    with_grad = sequence_logprobs(model, prompts, pad, tokens, mask, chunk_size=4)
+    plain = sequence_logprobs(model, prompts, pad, tokens, mask, chunk_size=4, differentiable=False)
+    np.testing.assert_array_equal(np.array(plain), np.array(with_grad))
+    _lora(model)
+    loss = lambda m: sequence_logprobs(m, prompts, pad, tokens, mask, differentiable=False).sum()  # noqa: E731
+    _, grads = nn.value_and_grad(model, loss)(model)
+    assert all(mx.all(g == 0).item() for _, g in tree_flatten(grads))
+
+
 def test_chunk_nbytes(tiny_model):
     model, _ = tiny_model
-    assert chunk_nbytes(model, 256) == 256 * model.args.vocab_size * 4
+    assert chunk_nbytes(model, 256) == 7 * 256 * model.args.vocab_size * 4
 
 
 def _lora(model):
@@ -76,24 +88,43 @@ def _lora(model):
     return model
 
 
-def test_gradients_reach_lora_params_and_chunking_does_not_change_them(tiny_model):
+def _autodiff_reference(model, prompts, pad, tokens):
+    """The same log-probs through full [R, T, V] logits and MLX's own autodiff."""
+    P, T = prompts.shape[1], tokens.shape[1]
+    caches = [LeftPadCache(pad) for _ in model.layers]
+    hidden = hidden_states(model, mx.concatenate([prompts, tokens[:, :-1]], axis=1), caches)[:, P - 1 :]
+    logits = output_layer(model)[1](hidden).astype(mx.float32)  # [R, T, V]
+    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    return mx.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+
+
+def test_lora_gradients_match_autodiff_through_full_logits(tiny_model):
     model = _lora(tiny_model[0])
     prompts, pad, tokens, mask = _batch(model.args.vocab_size)
+    weights = mx.array(np.random.default_rng(1).normal(size=tokens.shape), dtype=mx.float32) * mask
 
-    def grads(chunk_size):
+    def grads(logprobs_fn):
         def loss(params):
             model.update(params)
-            return sequence_logprobs(model, prompts, pad, tokens, mask, chunk_size=chunk_size).sum()
+            return (weights * logprobs_fn()).sum()
 
         _, g = mx.value_and_grad(loss)(model.trainable_parameters())
         return dict(tree_flatten(g))
 
-    chunked, whole = grads(3), grads(10**6)
+    chunked = grads(lambda: sequence_logprobs(model, prompts, pad, tokens, mask, chunk_size=4))
+    reference = grads(lambda: _autodiff_reference(model, prompts, pad, tokens))
     assert chunked and all(".lora_" in name for name in chunked)
     lora_b = [name for name in chunked if name.endswith("lora_b")]  # lora_a's gradient is 0 while lora_b is 0
     assert lora_b and all(mx.abs(chunked[name]).sum().item() > 0 for name in lora_b)
     for name in chunked:
-        np.testing.assert_allclose(np.array(chunked[name]), np.array(whole[name]), atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(np.array(chunked[name]), np.array(reference[name]), atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_through_an_unfrozen_output_layer_is_refused(tiny_model):
+    model, _ = tiny_model
+    prompts, pad, tokens, mask = _batch(model.args.vocab_size)
+    with pytest.raises(ValueError, match="freeze"):
+        nn.value_and_grad(model, lambda m: sequence_logprobs(m, prompts, pad, tokens, mask).sum())(model)
 
 
 def test_value_and_grad_through_a_module_loss(tiny_model):
