@@ -28,7 +28,6 @@ from typing import Iterable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 
 from mlx_grpo.logprobs import LeftPadCache, hidden_states, left_pad, output_layer
 
@@ -167,9 +166,19 @@ class _Decoder:
 _DECODERS: dict[tuple, _Decoder] = {}
 
 
+def _signature(model: nn.Module) -> tuple:
+    """What a trace bakes in besides the weights: the modules, their types and plain attributes
+    (a LoRA scale set to 0 for the reference policy, the training flag, ...)."""
+    plain = (bool, int, float, str)
+    return tuple(
+        (name, type(m).__name__, tuple(sorted((k, v) for k, v in vars(m).items() if isinstance(v, plain))))
+        for name, m in model.named_modules()
+    )
+
+
 def _decoder(model: nn.Module, greedy: bool, top_k: int, use_top_p: bool) -> _Decoder:
     """The cached compiled decoder for this model object, its structure and the sampling flags."""
-    key = (id(model), len(tree_flatten(model.state)), greedy, top_k, use_top_p)
+    key = (id(model), _signature(model), greedy, top_k, use_top_p)
     decoder = _DECODERS.get(key)
     if decoder is None or decoder.model() is not model:
         for stale in [k for k, d in _DECODERS.items() if d.model() is None]:
