@@ -18,6 +18,7 @@ import yaml
 from mlx_grpo.countdown.prompts import build_messages
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.export import Run
+from mlx_grpo.runlog import read_jsonl
 
 # Licences of base models whose terms are known; the card leaves the field out for the rest.
 _LICENSES = {"Qwen/Qwen3-": "apache-2.0", "mlx-community/Qwen3-": "apache-2.0"}
@@ -41,18 +42,8 @@ def hub_id(name: Optional[str]) -> Optional[str]:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The rows of metrics.jsonl; a torn last line (a killed run) and blank lines are skipped."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    """The rows of metrics.jsonl; torn or malformed lines (a killed run) are skipped."""
+    return read_jsonl(path, strict=False)
 
 
 def summarize_metrics(rows: list[dict]) -> dict:

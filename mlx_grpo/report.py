@@ -20,6 +20,7 @@ from pathlib import Path
 from mlx_grpo import plots
 from mlx_grpo.errors import UserError
 from mlx_grpo.plots import Series
+from mlx_grpo.runlog import COMPLETIONS, METRICS, read_jsonl
 
 # The R1 paper's "aha moment" shows up as the model second-guessing itself in words like these.
 DEFAULT_PHRASES = ("wait", "let me check", "verify", "try again", "instead")
@@ -60,36 +61,12 @@ class Run:
         return (self.config or {}).get("model")
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The JSON objects of a `.jsonl` file, each with an integer `step`; [] when the file is absent.
-
-    A malformed last line is skipped (a run in progress may be writing it); any other malformed
-    line raises UserError naming the file and line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    lines = [(n, line) for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if line.strip()]
-    rows = []
-    for i, (n, line) in enumerate(lines):
-        try:
-            row = json.loads(line)
-            ok = isinstance(row, dict) and isinstance(row.get("step"), int)
-        except json.JSONDecodeError:
-            ok = False
-        if ok:
-            rows.append(row)
-        elif i < len(lines) - 1:
-            raise UserError(f"{path}:{n}: not a JSON object with an integer 'step'")
-    return rows
-
-
 def load_run(run_dir: str | Path) -> Run:
     """Read a run directory (see CONTRACTS: metrics.jsonl, completions.jsonl, config.json)."""
     path = Path(run_dir)
     if not path.is_dir():
         raise UserError(f"run directory not found: {path}")
-    metrics = read_jsonl(path / "metrics.jsonl")
+    metrics = read_jsonl(path / METRICS)
     if not metrics:
         raise UserError(f"no metrics in {path} (metrics.jsonl is missing or empty): has the run logged a step yet?")
     config = None
@@ -100,7 +77,7 @@ def load_run(run_dir: str | Path) -> Run:
             raise UserError(f"cannot parse {path / 'config.json'}: {e}") from None
         if not isinstance(config, dict):
             raise UserError(f"{path / 'config.json'} must hold a JSON object of settings")
-    return Run(path, metrics, read_jsonl(path / "completions.jsonl"), config)
+    return Run(path, metrics, read_jsonl(path / COMPLETIONS), config)
 
 
 def phrase_pattern(phrases: list[str] | tuple[str, ...]) -> re.Pattern:

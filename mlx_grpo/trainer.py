@@ -30,6 +30,7 @@ import numpy as np
 from mlx.utils import tree_map
 
 from mlx_grpo import checkpoint as ckpt
+from mlx_grpo import runlog
 from mlx_grpo.config import TrainConfig, memory_bytes, save_config
 from mlx_grpo.countdown.data import load_tasks, split_tasks
 from mlx_grpo.countdown.expr import extract_equation
@@ -222,20 +223,21 @@ class Trainer:
         return m
 
     def log_completions(self, step, episodes, advantages) -> None:
-        with open(self.run_dir / "completions.jsonl", "a") as f:
-            for r in range(episodes.num_rows):
-                task = episodes.row_task(r)
-                f.write(json.dumps({
-                    "step": step,
-                    "prompt": episodes.row_prompt(r).text,
-                    "completion": episodes.completions[r],
-                    "target": task.target,
-                    "nums": list(task.nums),
-                    "rewards": {k: v[r] for k, v in episodes.rewards.items()},
-                    "reward": episodes.totals[r],
-                    "advantage": advantages[r],
-                    "equation": extract_equation(episodes.completions[r]),
-                }) + "\n")
+        records = []
+        for r in range(episodes.num_rows):
+            task = episodes.row_task(r)
+            records.append({
+                "step": step,
+                "prompt": episodes.row_prompt(r).text,
+                "completion": episodes.completions[r],
+                "target": task.target,
+                "nums": list(task.nums),
+                "rewards": {k: v[r] for k, v in episodes.rewards.items()},
+                "reward": episodes.totals[r],
+                "advantage": advantages[r],
+                "equation": extract_equation(episodes.completions[r]),
+            })
+        runlog.append_jsonl(self.run_dir / runlog.COMPLETIONS, records)
 
     def run_eval(self) -> dict:
         c = self.config
@@ -315,28 +317,12 @@ class Trainer:
     def _append_metrics(self, metrics: dict) -> None:
         self.state.history.append(metrics)
         self.tracker.log(metrics, metrics["step"])
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        runlog.append_jsonl(self.run_dir / runlog.METRICS, [metrics])
 
     def _truncate_logs(self, step: int) -> None:
         """Drop log lines written after the checkpoint being resumed (they will be written again)."""
-        for name in ("metrics.jsonl", "completions.jsonl"):
-            path = self.run_dir / name
-            if not path.exists():
-                continue
-            kept = []
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a crash
-                if record.get("step", 0) <= step:
-                    kept.append(line)
-                    if name == "metrics.jsonl":
-                        self.state.history.append(record)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(k + "\n" for k in kept))
-            tmp.replace(path)
+        self.state.history = runlog.truncate_after(self.run_dir / runlog.METRICS, step)
+        runlog.truncate_after(self.run_dir / runlog.COMPLETIONS, step)
 
     def finish(self) -> dict:
         summary = dict(self.state.history[-1]) if self.state.history else {}
