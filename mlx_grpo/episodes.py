@@ -6,8 +6,11 @@ and evaluation both produce their samples here, so both score completions the sa
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Optional
+
+import mlx.core as mx
 
 from mlx_grpo.countdown.prompts import Prompt, build_prompt
 from mlx_grpo.countdown.tasks import Task
@@ -26,6 +29,7 @@ class Episodes:
     correct: list[bool]  # [R] the equation reaches the target (accuracy)
     well_formed: list[bool]  # [R] the format reward is met
     group_size: int
+    seconds: dict  # {"generate": ..., "score": ...} wall time of sampling and of decoding + rewards
 
     @property
     def num_rows(self) -> int:
@@ -73,11 +77,14 @@ def run_episodes(
 
     With `reward_set` None only the accuracy and format checks run (evaluation).
     """
+    start = time.perf_counter()
     prompts, prompt_ids = encode_prompts(tokenizer, tasks, enable_thinking=enable_thinking, prefill=prefill)
     rollout = generate(
         model, prompt_ids, group_size=group_size, max_tokens=max_tokens, temperature=temperature,
         top_p=top_p, top_k=top_k, eos_ids=sorted(tokenizer.eos_token_ids), seed=seed,
     )
+    mx.eval(rollout.tokens, rollout.logps)
+    sampled = time.perf_counter()
     completions = decode_completions(tokenizer, rollout)
     row_tasks = [tasks[r // group_size] for r in range(len(completions))]
     prefixes = [prompts[r // group_size].assistant_prefix for r in range(len(completions))]
@@ -89,4 +96,5 @@ def run_episodes(
         rewards, totals = {}, [0.0] * len(completions)
     else:
         totals, rewards = reward_set.score(completions, row_tasks, prefixes)
-    return Episodes(tasks, prompts, rollout, completions, rewards, totals, correct, well_formed, group_size)
+    seconds = {"generate": sampled - start, "score": time.perf_counter() - sampled}
+    return Episodes(tasks, prompts, rollout, completions, rewards, totals, correct, well_formed, group_size, seconds)

@@ -149,15 +149,14 @@ class Trainer:
         mx.eval(out)
         return out
 
-    def update(self, episodes: Episodes) -> dict:
-        """μ clipped-loss updates on one batch of episodes; returns the step's loss metrics."""
+    def update(self, episodes: Episodes, advantages: mx.array) -> dict:
+        """μ clipped-loss updates on one batch of episodes (`advantages [R]`); returns loss metrics."""
         c = self.config
         rollout = episodes.rollout
         prompts, prompt_pad = left_pad([rollout.prompt_ids[r // c.num_generations] for r in range(episodes.num_rows)])
         # The sampled tokens are data for the update, not a function of the weights.
         inputs = {"prompts": prompts, "prompt_pad": prompt_pad,
                   "tokens": mx.stop_gradient(rollout.tokens), "mask": mx.stop_gradient(rollout.mask)}
-        advantages = compute_advantages(mx.array(episodes.totals), c.num_generations, c.scale_rewards)  # [R]
         rows = np.arange(episodes.num_rows)
         micro_batches = [mx.array(r) for r in np.array_split(rows, c.grad_accumulation)]
         # The sampler's log-probs are those of the truncated (top-p / top-k) distribution; the
@@ -281,17 +280,15 @@ class Trainer:
         mx.random.seed(step_seed(c.seed, step))  # dropout and anything else drawing from the global key
         t0 = time.perf_counter()
         episodes = self.sample(step)
-        mx.eval(episodes.rollout.tokens)
+        advantages = compute_advantages(mx.array(episodes.totals), c.num_generations, c.scale_rewards)  # [R]
         t1 = time.perf_counter()
-        advantages = compute_advantages(mx.array(episodes.totals), c.num_generations, c.scale_rewards).tolist()
+        update_metrics = self.update(episodes, advantages)
         t2 = time.perf_counter()
-        update_metrics = self.update(episodes)
-        t3 = time.perf_counter()
-        times = {"generate": t1 - t0, "score": t2 - t1, "update": t3 - t2, "step": t3 - t0}
+        times = {**episodes.seconds, "update": t2 - t1, "step": t2 - t0}
         metrics = self.step_metrics(step, episodes, update_metrics, times)
         self.state.bad_steps = self.state.bad_steps + 1 if metrics["skipped"] else 0
         if step % c.log_completions_every == 0 or step == 1:
-            self.log_completions(step, episodes, advantages)
+            self.log_completions(step, episodes, advantages.tolist())
         if (c.eval_every and step % c.eval_every == 0) or step == c.max_steps:
             metrics.update(self.run_eval())
         self._append_metrics(metrics)
