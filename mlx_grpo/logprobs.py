@@ -82,6 +82,31 @@ class LeftPadCache:
         return (causal & (real | diagonal))[:, None]  # [N, 1, L, L]
 
 
+class PrefixCache:
+    """KV cache for a pass over completion tokens that continue already computed prompt keys/values.
+
+    `keys`/`values` `[R, heads, P, head_dim]` come from a `LeftPadCache` pass over the prompts
+    (gathered so that row r holds its prompt's); pad slots stay masked, and RoPE positions continue
+    from each row's real prompt length.
+    """
+
+    def __init__(self, keys: mx.array, values: mx.array, prompt_pad: mx.array):
+        self.prefix_keys, self.prefix_values = keys, values
+        self.prompt_pad = prompt_pad  # [R]
+        self.offset = keys.shape[2] - prompt_pad  # [R] RoPE position of the first completion token
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        return (mx.concatenate([self.prefix_keys, keys], axis=2),
+                mx.concatenate([self.prefix_values, values], axis=2))
+
+    def make_mask(self, N: int, **kwargs) -> mx.array:
+        P = self.prefix_keys.shape[2]
+        cols = mx.arange(P + N)
+        rows = mx.arange(N)[:, None] + P  # [N, 1] column of each query
+        visible = (cols[None] <= rows) & (cols[None] >= self.prompt_pad[:, None, None])  # [R, N, P + N]
+        return visible[:, None]  # [R, 1, N, P + N]
+
+
 def output_layer(model: nn.Module) -> tuple[nn.Module, Callable[[mx.array], mx.array]]:
     """The module that owns the output projection and a function hidden [..., H] -> logits [..., V]."""
     if "lm_head" in model:
@@ -184,6 +209,7 @@ def sequence_logprobs(
     temperature: float = 1.0,
     chunk_size: int = 128,
     differentiable: bool = True,
+    prompt_index: Optional[mx.array] = None,
 ) -> mx.array:
     """Per-token log-probs of completion tokens under `model`, differentiable w.r.t. its parameters.
 
@@ -198,17 +224,45 @@ def sequence_logprobs(
             (see `chunk_nbytes`).
         differentiable: False skips the per-position gradients (about half the output-layer work)
             and returns constants, for log-probs that are never differentiated (reference policy).
+        prompt_index: `[R]` int32; when given, `prompts`/`prompt_pad` hold each distinct prompt once
+            (`[B, P]`, `[B]`) and row r continues prompt `prompt_index[r]`. Every prompt then runs
+            through the model once instead of once per completion (G times fewer prompt tokens).
 
     Returns:
         `[R, T]` float32: log p(tokens[r, t] | prompt r, tokens[r, :t]) at `temperature`.
     """
-    R, P = prompts.shape
-    T = tokens.shape[1]
-    inputs = mx.concatenate([prompts, tokens[:, :-1]], axis=1)  # [R, P + T - 1]
-    caches = [LeftPadCache(prompt_pad) for _ in model.layers]
-    hidden = hidden_states(model, inputs, caches)[:, P - 1 :]  # [R, T, H]: each predicts tokens[:, t]
+    R, T = tokens.shape
+    if prompt_index is None:
+        hidden = _one_pass_hidden(model, prompts, prompt_pad, tokens)
+    else:
+        hidden = _shared_prompt_hidden(model, prompts, prompt_pad, tokens, prompt_index)
     logps = _chunked_logprobs(
         model, hidden.reshape(R * T, -1), tokens.reshape(-1), temperature, chunk_size, differentiable
     )
     logps = logps.reshape(R, T)
     return logps if mask is None else mx.where(mask > 0, logps, 0.0)
+
+
+def _one_pass_hidden(model, prompts, prompt_pad, tokens) -> mx.array:
+    """Hidden states `[R, T, H]` that predict each completion token, one pass over prompt + completion."""
+    P = prompts.shape[1]
+    inputs = mx.concatenate([prompts, tokens[:, :-1]], axis=1)  # [R, P + T - 1]
+    caches = [LeftPadCache(prompt_pad) for _ in model.layers]
+    return hidden_states(model, inputs, caches)[:, P - 1 :]  # [R, T, H]: each predicts tokens[:, t]
+
+
+def _shared_prompt_hidden(model, prompts, prompt_pad, tokens, prompt_index) -> mx.array:
+    """As `_one_pass_hidden`, with each distinct prompt run once: `prompts [B, P]`, row r's prompt is
+    `prompts[prompt_index[r]]`. Gradients reach the prompt's keys and values through the gather."""
+    caches = [LeftPadCache(prompt_pad) for _ in model.layers]
+    last = hidden_states(model, prompts, caches)[:, -1:]  # [B, 1, H] predicts tokens[:, 0]
+    last = mx.take(last, prompt_index, axis=0)  # [R, 1, H]
+    if tokens.shape[1] == 1:
+        return last
+    row_pad = mx.take(prompt_pad, prompt_index, axis=0)  # [R]
+    continued = [
+        PrefixCache(mx.take(c.keys, prompt_index, axis=0), mx.take(c.values, prompt_index, axis=0), row_pad)
+        for c in caches
+    ]
+    rest = hidden_states(model, tokens[:, :-1], continued)  # [R, T - 1, H]
+    return mx.concatenate([last, rest], axis=1)  # [R, T, H]

@@ -127,57 +127,70 @@ class Trainer:
             seed=step_seed(c.seed, step),
         )
 
-    def _logps(self, model, inputs: dict, rows: mx.array) -> mx.array:
-        """Log-probs [r, T] of the completion tokens of `rows` under the current weights."""
+    def _logps(self, model, batch: dict) -> mx.array:
+        """Log-probs [r, T] of a micro-batch's completion tokens under the current weights."""
         return sequence_logprobs(
-            model, inputs["prompts"][rows], inputs["prompt_pad"][rows], inputs["tokens"][rows],
-            inputs["mask"][rows], temperature=self.config.temperature,
+            model, batch["prompts"], batch["prompt_pad"], batch["tokens"], batch["mask"],
+            temperature=self.config.temperature, prompt_index=batch["prompt_index"],
         )
 
-    def _loss(self, model, inputs, rows, old_logps, ref_logps, advantages, normalizer):
-        logps = self._logps(model, inputs, rows)  # [r, T]
+    def _loss(self, model, batch, old_logps, ref_logps, advantages, normalizer):
+        logps = self._logps(model, batch)  # [r, T]
         c = self.config
         return policy_loss(
-            logps, old_logps, advantages, inputs["mask"][rows], ref_logps=ref_logps, beta=c.beta,
+            logps, old_logps, advantages, batch["mask"], ref_logps=ref_logps, beta=c.beta,
             epsilon_low=c.epsilon, epsilon_high=c.epsilon_high, loss_type=c.loss_type,
             max_completion_length=c.max_completion_length, normalizer=normalizer,
         )
 
-    def _fixed_logps(self, inputs, micro_batches) -> mx.array:
+    def _fixed_logps(self, micro_batches) -> mx.array:
         """Log-probs under the current weights, no gradient: [R, T]."""
-        out = mx.concatenate([mx.stop_gradient(self._logps(self.model, inputs, rows)) for rows in micro_batches])
+        out = mx.concatenate([mx.stop_gradient(self._logps(self.model, b)) for b in micro_batches])
         mx.eval(out)
+        return out
+
+    def _micro_batches(self, episodes: Episodes) -> list[dict]:
+        """Split the R rows into `grad_accumulation` micro-batches; each carries the distinct prompts
+        of its rows once (`prompts [b, P]`) and `prompt_index [r]` pointing into them."""
+        rollout, G = episodes.rollout, self.config.num_generations
+        out = []
+        for rows in np.array_split(np.arange(episodes.num_rows), self.config.grad_accumulation):
+            groups, prompt_index = np.unique(rows // G, return_inverse=True)
+            prompts, prompt_pad = left_pad([rollout.prompt_ids[g] for g in groups])
+            idx = mx.array(rows)
+            out.append({
+                "rows": idx, "prompts": prompts, "prompt_pad": prompt_pad,
+                "prompt_index": mx.array(prompt_index.astype(np.int32)),
+                # sampled tokens are data for the update, not a function of the weights
+                "tokens": mx.stop_gradient(rollout.tokens[idx]), "mask": mx.stop_gradient(rollout.mask[idx]),
+            })
         return out
 
     def update(self, episodes: Episodes, advantages: mx.array) -> dict:
         """μ clipped-loss updates on one batch of episodes (`advantages [R]`); returns loss metrics."""
         c = self.config
         rollout = episodes.rollout
-        prompts, prompt_pad = left_pad([rollout.prompt_ids[r // c.num_generations] for r in range(episodes.num_rows)])
-        # The sampled tokens are data for the update, not a function of the weights.
-        inputs = {"prompts": prompts, "prompt_pad": prompt_pad,
-                  "tokens": mx.stop_gradient(rollout.tokens), "mask": mx.stop_gradient(rollout.mask)}
-        rows = np.arange(episodes.num_rows)
-        micro_batches = [mx.array(r) for r in np.array_split(rows, c.grad_accumulation)]
+        micro_batches = self._micro_batches(episodes)
         # The sampler's log-probs are those of the truncated (top-p / top-k) distribution; the
         # ratio must compare like with like, so then the old policy is re-scored in full.
-        old_logps = rollout.logps if (c.top_p == 1.0 and c.top_k == 0) else self._fixed_logps(inputs, micro_batches)
+        old_logps = rollout.logps if (c.top_p == 1.0 and c.top_k == 0) else self._fixed_logps(micro_batches)
         ref_logps = None
         if c.beta > 0:
             with adapters_disabled(self.model):
-                ref_logps = self._fixed_logps(inputs, micro_batches)
+                ref_logps = self._fixed_logps(micro_batches)
         normalizer = batch_normalizer(rollout.mask, c.loss_type, c.max_completion_length)
         sums: dict = {}
         for _ in range(c.num_iterations):
             grads, loss, metrics = None, mx.array(0.0), None
-            for mb in micro_batches:
+            for batch in micro_batches:
+                rows = batch["rows"]
                 (mb_loss, mb_metrics), mb_grads = self.loss_and_grad(
-                    self.model, inputs, mb, old_logps[mb], None if ref_logps is None else ref_logps[mb],
-                    advantages[mb], normalizer,
+                    self.model, batch, old_logps[rows], None if ref_logps is None else ref_logps[rows],
+                    advantages[rows], normalizer,
                 )
                 grads = mb_grads if grads is None else tree_map(mx.add, grads, mb_grads)
                 loss = loss + mb_loss
-                share = mb.size / episodes.num_rows
+                share = rows.size / episodes.num_rows
                 metrics = {k: v * share + (metrics[k] if metrics else 0) for k, v in mb_metrics.items()}
             grads, grad_norm = optim.clip_grad_norm(grads, c.max_grad_norm)
             mx.eval(loss, grad_norm, metrics)

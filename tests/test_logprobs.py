@@ -2,7 +2,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_map
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from mlx_grpo.logprobs import LeftPadCache, chunk_nbytes, hidden_states, left_pad, output_layer, sequence_logprobs
@@ -134,3 +134,34 @@ def test_value_and_grad_through_a_module_loss(tiny_model):
     loss, grads = loss_and_grad(model)
     assert np.isfinite(loss.item())
     assert all(np.isfinite(np.array(g)).all() for _, g in tree_flatten(grads))
+
+
+def test_each_prompt_run_once_gives_the_same_logprobs_and_gradients(tiny_model):
+    """Shared-prompt layout (B distinct prompts, R rows pointing at them) == one row per prompt copy."""
+    model = _lora(tiny_model[0])
+    # lora_b at 0 would hide wrong gradients to lora_a: give the adapters a value first
+    model.update(tree_map(lambda p: p + 0.05, model.trainable_parameters()))
+    unique, unique_pad = left_pad(PROMPTS)  # [B, P]
+    index = mx.array([0, 0, 1, 1, 1, 2, 2], dtype=mx.int32)  # groups of different sizes
+    rows, rows_pad = left_pad([PROMPTS[i] for i in index.tolist()])  # [R, P]
+    rng = np.random.default_rng(3)
+    tokens = mx.array(rng.integers(0, model.args.vocab_size, (7, 6)), dtype=mx.int32)
+    mask = mx.array((np.arange(6)[None] < rng.integers(1, 7, size=7)[:, None]).astype(np.float32))
+    weights = mx.array(rng.normal(size=(7, 6)), dtype=mx.float32) * mask
+
+    def value_and_grads(**layout):
+        def loss(params):
+            model.update(params)
+            return (weights * sequence_logprobs(model, tokens=tokens, mask=mask, chunk_size=8, **layout)).sum()
+
+        value, g = mx.value_and_grad(loss)(model.trainable_parameters())
+        return value.item(), dict(tree_flatten(g))
+
+    shared_value, shared = value_and_grads(prompts=unique, prompt_pad=unique_pad, prompt_index=index)
+    copied_value, copied = value_and_grads(prompts=rows, prompt_pad=rows_pad)
+    assert shared_value == pytest.approx(copied_value, rel=1e-5)
+    for name in copied:
+        np.testing.assert_allclose(np.array(shared[name]), np.array(copied[name]), atol=1e-5, rtol=1e-4)
+    one_token = sequence_logprobs(model, unique, unique_pad, tokens[:, :1], prompt_index=index)
+    np.testing.assert_allclose(np.array(one_token), np.array(sequence_logprobs(model, rows, rows_pad, tokens[:, :1])),
+                               atol=1e-5)
