@@ -64,14 +64,15 @@ def test_top_k_top_p_logps_are_of_the_renormalised_distribution(tiny_model):
             assert abs(out.logps[r, t].item() - want[token]) < 1e-4
 
 
-def test_sampler_frequencies_follow_the_truncated_distribution():
+@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (8, 1.0), (0, 0.7), (8, 0.9)])
+def test_sampler_frequencies_follow_the_truncated_distribution(top_k, top_p):
     rng = np.random.default_rng(0)
     logits = rng.normal(size=12).astype(np.float32) * 2
     rows = 20000
     tokens, logps = rollout.sample(
-        mx.array(np.tile(logits, (rows, 1))), mx.random.key(0), 0.8, top_k=8, top_p=0.9
+        mx.array(np.tile(logits, (rows, 1))), mx.random.key(0), 0.8, top_k=top_k, top_p=top_p if top_p < 1 else None
     )
-    want = np.exp(_truncated_logprobs(logits, 0.8, 8, 0.9))
+    want = np.exp(_truncated_logprobs(logits, 0.8, top_k, top_p))
     freq = np.bincount(np.array(tokens), minlength=12) / rows
     assert np.abs(freq - want).max() < 0.015
     np.testing.assert_allclose(np.array(logps), np.log(want[np.array(tokens)]), atol=1e-5)
