@@ -15,9 +15,9 @@ an inverse-CDF draw from the renormalised distribution; the returned log-prob is
 token under exactly this truncated, renormalised distribution (float32). temperature=0 is greedy
 decoding with log-prob 0. A stop token is kept (mask 1); later slots are padding (token 0, mask 0).
 
-Speed (scripts/bench_rollout.py: 4 prompts x 4 generations x 64 tokens forced to full length, temperature 1;
-2-core x86-64 shared with other jobs, MLX 0.32.4 CPU float32, OpenBLAS preloaded; medians, all
-figures of a row from one run; wall tokens/s including the prefill):
+Speed (scripts/bench_rollout.py: 4 prompts x 4 generations x 64 tokens forced to full length,
+temperature 1; 2-core x86-64 shared with other jobs, MLX 0.32.4 CPU float32, OpenBLAS preloaded;
+medians, all figures of a row from one run; wall tokens/s including the prefill):
 
     model (random weights)             load   ours     ours, no compile   mlx-lm batch_generate
     tiny Qwen3 128x4, vocab 512         2.5   3,908    3,146              2,588   (1.51x)
