@@ -127,11 +127,11 @@ class Trainer:
             seed=step_seed(c.seed, step),
         )
 
-    def _logps(self, model, batch: dict) -> mx.array:
+    def _logps(self, model, batch: dict, differentiable: bool = True) -> mx.array:
         """Log-probs [r, T] of a micro-batch's completion tokens under the current weights."""
         return sequence_logprobs(
             model, batch["prompts"], batch["prompt_pad"], batch["tokens"], batch["mask"],
-            temperature=self.config.temperature, prompt_index=batch["prompt_index"],
+            temperature=self.config.temperature, prompt_index=batch["prompt_index"], differentiable=differentiable,
         )
 
     def _loss(self, model, batch, old_logps, ref_logps, advantages, normalizer):
@@ -145,7 +145,7 @@ class Trainer:
 
     def _fixed_logps(self, micro_batches) -> mx.array:
         """Log-probs under the current weights, no gradient: [R, T]."""
-        out = mx.concatenate([mx.stop_gradient(self._logps(self.model, b)) for b in micro_batches])
+        out = mx.concatenate([self._logps(self.model, b, differentiable=False) for b in micro_batches])
         mx.eval(out)
         return out
 
