@@ -1,0 +1,142 @@
+"""The offline demo: the bundled tiny model scored before and after a short GRPO run.
+
+    mlx-grpo demo               # about 10 minutes on 2 CPU cores; writes runs/demo
+    mlx-grpo demo --quick       # a smoke run of a few seconds (a few steps, a few tasks)
+
+1. Baseline: greedy accuracy and format rate of the bundled model (weights/countdown-tiny) on
+   held-out generated tasks (generator seed EVAL_SEED, which neither the recipe nor the run trains
+   on) and on the first rows of ../shared/data/countdown_real_sample.jsonl when that file exists.
+2. `mlx-grpo train --model weights/countdown-tiny`: the settings are the preset that ships in the
+   model folder (`mlx_grpo.yaml`), so the demo trains exactly as that command does.
+3. The same evaluation with the trained adapters; a before/after table, and `demo.json` (both
+   evaluations) next to the run's metrics and its reward/accuracy plot.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from mlx_grpo.countdown.generator import generate_tasks
+from mlx_grpo.countdown.tasks import Task
+from mlx_grpo.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED_MODEL = REPO / "weights" / "countdown-tiny"
+REAL_ROWS = REPO.parent / "shared" / "data" / "countdown_real_sample.jsonl"
+EVAL_SEED = 777_777  # generator seed of the held-out tasks; the recipe skips every one of them
+EVAL_TASKS = 1000
+REAL_TASKS = 500
+MAX_TOKENS = 64  # worked solutions are at most ~53 tokens with the bundled tokenizer
+# --quick: a few steps on a few tasks, to check the whole path end to end (tests, CI).
+QUICK = dict(eval_tasks=16, real_tasks=16, train={"max_steps": 2, "batch_size": 2, "num_generations": 2,
+                                                   "max_completion_length": 32, "eval_every": 0, "eval_samples": 4,
+                                                   "num_samples": 64})
+
+
+@dataclass
+class DemoOptions:
+    model: str = str(BUNDLED_MODEL)
+    output_dir: str = "runs/demo"
+    seed: int = 0
+    max_steps: Optional[int] = None  # None: the preset's
+    eval_tasks: int = EVAL_TASKS
+    real_tasks: int = REAL_TASKS
+    real_rows: str = str(REAL_ROWS)
+    overwrite: bool = False
+    quick: bool = False
+    progress: bool = True
+
+
+def held_out_tasks(seed: int = EVAL_SEED, n: int = EVAL_TASKS) -> list[Task]:
+    """The demo's generated evaluation tasks (the recipe excludes these from its training data)."""
+    return generate_tasks(n, seed)
+
+
+def eval_sets(options: DemoOptions) -> dict[str, list[Task]]:
+    """Name -> tasks: the generated held-out tasks, and the first real rows when the file exists."""
+    from mlx_grpo.countdown.data import read_tasks
+
+    eval_tasks, real_tasks = (QUICK["eval_tasks"], QUICK["real_tasks"]) if options.quick else (
+        options.eval_tasks, options.real_tasks)
+    sets = {f"generated (seed {EVAL_SEED})": held_out_tasks(EVAL_SEED, eval_tasks)}
+    if real_tasks and Path(options.real_rows).is_file():
+        sets[f"real rows ({Path(options.real_rows).name})"] = read_tasks(options.real_rows)[:real_tasks]
+    return sets
+
+
+def train_config(options: DemoOptions):
+    """The TrainConfig `mlx-grpo train --model MODEL --output-dir DIR --seed S` would build."""
+    from mlx_grpo.config import build_config
+    from mlx_grpo.presets import preset_for_model
+
+    overrides = {"model": options.model, "output_dir": options.output_dir, "seed": options.seed,
+                 "max_steps": options.max_steps}
+    if options.quick:
+        overrides.update(QUICK["train"])
+    return build_config(None, overrides, base=preset_for_model(options.model))
+
+
+def score(model_path: str, sets: dict[str, list[Task]], config, *, adapter_path=None, progress=True) -> dict:
+    """Greedy accuracy / format rate of the model (with adapters, if given) on each task set."""
+    from mlx_grpo.evaluate import evaluate
+    from mlx_grpo.model import load_model
+
+    model, tokenizer = load_model(model_path, adapter_path=adapter_path)
+    return {
+        name: evaluate(model, tokenizer, tasks, max_tokens=config.max_completion_length, batch_size=64,
+                       enable_thinking=config.enable_thinking, prefill=config.prefill, progress=progress)
+        for name, tasks in sets.items()
+    }
+
+
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} exists and is not a folder; choose another --output-dir")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise UserError(f"{path} already holds a demo run; pass --overwrite to replace it, or --output-dir to keep it")
+
+
+def run_demo(options: DemoOptions, echo=print) -> dict:
+    """Baseline eval -> GRPO training with the model's preset -> eval again; returns demo.json's dict."""
+    from mlx_grpo.trainer import train
+
+    model_dir = Path(options.model)
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"no model in {model_dir} (the bundled model is built by scripts/build_tiny_model.py)")
+    run_dir = Path(options.output_dir)
+    check_output_dir(run_dir, options.overwrite)
+    config = train_config(options)
+    (run_dir / "demo.json").unlink(missing_ok=True)  # a replaced run's (--overwrite)
+    start = time.time()
+    sets = eval_sets(options)
+    echo(f"[1/3] baseline: {options.model} on " + ", ".join(f"{len(t)} {n}" for n, t in sets.items()))
+    before = score(options.model, sets, config, progress=options.progress)
+    echo(f"[2/3] GRPO: {config.max_steps} steps x {config.batch_size} prompts x {config.num_generations} "
+         f"completions, LoRA rank {config.lora_rank}, lr {config.learning_rate:g} -> {run_dir}")
+    summary = train(config, overwrite=options.overwrite, progress=options.progress)
+    echo("[3/3] after training")
+    after = score(options.model, sets, config, adapter_path=str(run_dir), progress=options.progress)
+    result = {
+        "model": options.model, "seed": options.seed, "steps": summary.get("step"),
+        "wall_s": round(time.time() - start, 1), "before": before, "after": after,
+        "plot": str(run_dir / "plots" / "reward_accuracy.png"),
+    }
+    (run_dir / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def format_results(result: dict) -> str:
+    """The before/after table the demo prints."""
+    lines = [f"{'':<44}{'accuracy':>20}{'format rate':>22}"]
+    for name, before in result["before"].items():
+        after = result["after"][name]
+        cells = "".join(
+            f"{before[key]:>9.3f} -> {after[key]:.3f}{'':>{padding}}" for key, padding in (("accuracy", 1), ("format_rate", 3))
+        )
+        lines.append(f"{name + ' [' + str(before['num_tasks']) + ']':<44}{cells}")
+    lines.append(f"plot: {result['plot']}   time: {result['wall_s'] / 60:.1f} min")
+    return "\n".join(lines)

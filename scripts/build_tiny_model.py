@@ -1,0 +1,240 @@
+"""Build the bundled tiny Countdown model (`weights/countdown-tiny/`) from nothing, seeded.
+
+    python scripts/build_tiny_model.py                      # the shipped recipe (~4 min, one thread)
+    python scripts/build_tiny_model.py --out /tmp/m --sft-steps 300 --seed 1
+
+Three stages, each reproducible from `--seed`:
+
+1. Tokenizer: a byte-level BPE with digits split one per token (`modelgen.train_tokenizer`), trained
+   on the project's own texts: the system prompt, the user prompt and the solver's worked solutions
+   for generated tasks. ChatML and <think> tokens, and the chat template, come from modelgen.
+2. Model: a Qwen3 (`model_type: qwen3`, loadable by `mlx_lm.load`) with random N(0, 0.02) weights.
+3. Supervised warm start: completion-only cross-entropy on worked solutions
+   (`solver.worked_solution`) for fresh generated tasks every batch, the prompt rendered by
+   `prompts.build_prompt` exactly as the trainer renders it and the stop token <|im_end|> trained;
+   AdamW. It stops early on purpose (a fixed number of steps, not a time), so that GRPO has
+   accuracy left to gain: the bundled model is a starting point for the demo, not a solver.
+
+Tasks come from `generator.generate_tasks` with seeds from SFT_SEED_BASE up, disjoint from the
+demo's evaluation seed, and any task of the demo's held-out set is skipped. No row of
+../shared/data is ever read. What each setting gave is in scripts/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten
+
+from mlx_grpo import modelgen
+from mlx_grpo.countdown.generator import generate_tasks
+from mlx_grpo.countdown.prompts import SYSTEM_PROMPT, USER_TEMPLATE, build_prompt
+from mlx_grpo.countdown.solver import worked_solution
+from mlx_grpo.countdown.tasks import Task
+
+SFT_SEED_BASE = 1_000_000  # generator seeds of the recipe's tasks: SFT_SEED_BASE + i
+TOKENIZER_TASKS = 2_000
+SHAPE = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=384, num_attention_heads=4, num_key_value_heads=2)
+
+
+def tokenizer_corpus(num_tasks: int, seed: int) -> list[str]:
+    """The texts of `num_tasks` conversations cut at the special tokens, as encoding cuts them:
+    role headers with the system prompt, the user prompt, the worked solution."""
+    special = re.compile("|".join(re.escape(t) for t in modelgen.SPECIAL_TOKENS))
+    texts = []
+    for task in generate_tasks(num_tasks, SFT_SEED_BASE - 1 - seed):
+        numbers = "[" + ", ".join(str(n) for n in task.nums) + "]"
+        user = USER_TEMPLATE.format(numbers=numbers, target=task.target)
+        for text in ("system\n" + SYSTEM_PROMPT, "user\n" + user, "assistant\n", worked_solution(task.nums, task.target)):
+            texts += [piece for piece in special.split(text) if piece]
+    return texts
+
+
+def train_phrase_tokenizer(corpus: list[str], vocab_size: int):
+    """`modelgen.train_tokenizer` without the split at spaces: digits are still one per token, but a
+    merge may span words, so the prompt's fixed sentences become a few tokens each.
+
+    The prompt shrinks from ~150 tokens (one per word) to ~40 and a worked solution from ~50 to
+    ~28 (" = " and " + " are one token each), which makes supervised and GRPO steps ~3x cheaper.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=modelgen.SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    return tokenizer
+
+
+def build_untrained(out: Path, seed: int, shape: dict, rope_theta: float, vocab_size: int) -> None:
+    """Tokenizer + random-weight Qwen3 written to `out`."""
+    tokenizer = train_phrase_tokenizer(tokenizer_corpus(TOKENIZER_TASKS, seed), vocab_size)
+    modelgen.save_tokenizer(tokenizer, out)
+    config = modelgen.qwen3_config(
+        vocab_size=tokenizer.get_vocab_size(),
+        eos_token_id=tokenizer.token_to_id("<|im_end|>"),
+        bos_token_id=tokenizer.token_to_id("<|endoftext|>"),
+        **shape,
+    )
+    config["rope_theta"] = rope_theta
+    modelgen.save_model(modelgen.init_qwen3(config, seed=seed), config, out)
+
+
+def encode_example(tokenizer, task: Task, stop_id: int) -> tuple[list[int], int]:
+    """Prompt + worked solution + stop token as ids, and the prompt's length (loss starts there)."""
+    prompt = build_prompt(tokenizer, task)
+    prompt_ids = tokenizer.encode(prompt.text, add_special_tokens=False)
+    completion_ids = tokenizer.encode(worked_solution(task.nums, task.target), add_special_tokens=False)
+    return prompt_ids + completion_ids + [stop_id], len(prompt_ids)
+
+
+def make_batch(tokenizer, tasks: list[Task], stop_id: int, pad_id: int) -> tuple[mx.array, mx.array]:
+    """Right-padded ids `[B, L]` and a loss mask `[B, L-1]` that is 1 on completion targets only."""
+    examples = [encode_example(tokenizer, t, stop_id) for t in tasks]
+    width = max(len(ids) for ids, _ in examples)
+    ids = np.full((len(examples), width), pad_id, dtype=np.int32)
+    mask = np.zeros((len(examples), width - 1), dtype=np.float32)
+    for row, (seq, prompt_len) in enumerate(examples):
+        ids[row, :len(seq)] = seq
+        mask[row, prompt_len - 1:len(seq) - 1] = 1.0  # position i predicts token i + 1
+    return mx.array(ids), mx.array(mask)
+
+
+def completion_loss(model, ids: mx.array, mask: mx.array) -> mx.array:
+    logits = model(ids[:, :-1]).astype(mx.float32)  # [B, L-1, V]
+    ce = nn.losses.cross_entropy(logits, ids[:, 1:])  # [B, L-1]
+    return (ce * mask).sum() / mask.sum()
+
+
+def task_batches(batch_size: int, seed: int, exclude: set[Task]):
+    """Fresh generated tasks forever, `batch_size` at a time, none of them in `exclude`."""
+    rng = random.Random(seed)
+    index = 0
+    while True:
+        tasks = [t for t in generate_tasks(batch_size, SFT_SEED_BASE + rng.randrange(10**9) + index) if t not in exclude]
+        index += 1
+        if tasks:
+            yield tasks
+
+
+def lr_schedule(lr: float, steps: int, warmup: int, cooldown: int):
+    """Warmup-stable-decay: linear up over `warmup` steps, flat, linear down to 0 over the last `cooldown`."""
+    up = optim.linear_schedule(lr / max(warmup, 1), lr, max(warmup, 1))
+    down = optim.linear_schedule(lr, 0.0, max(cooldown, 1))
+    flat_until = max(steps - cooldown, warmup)
+    return optim.join_schedules([up, lambda _: mx.array(lr), down], [warmup, flat_until])
+
+
+def supervised_warm_start(model, tokenizer, *, steps: int, batch_size: int, lr: float, warmup: int, seed: int,
+                          exclude: set[Task], cooldown: int = 0, log_every: int = 25, probe=None,
+                          snapshot=None) -> list[dict]:
+    """AdamW on the completion-only loss for `steps` batches; returns the loss log.
+
+    `probe(model) -> dict`, if given, is merged into each log line (e.g. a quick greedy accuracy).
+    """
+    stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    mx.random.seed(seed)
+    optimizer = optim.AdamW(learning_rate=lr_schedule(lr, steps, warmup, cooldown), weight_decay=0.0)
+    loss_and_grad = nn.value_and_grad(model, completion_loss)
+    batches = task_batches(batch_size, seed, exclude)
+    log, start, cpu_start, running = [], time.time(), time.process_time(), []
+    for step in range(1, steps + 1):
+        ids, mask = make_batch(tokenizer, next(batches), stop_id, pad_id)
+        loss, grads = loss_and_grad(model, ids, mask)
+        grads, _ = optim.clip_grad_norm(grads, 1.0)
+        optimizer.update(model, grads)
+        mx.eval(loss, model.parameters(), optimizer.state)
+        running.append(loss.item())
+        if step % log_every == 0 or step == steps:
+            log.append({"step": step, "loss": float(np.mean(running)), "time_s": round(time.time() - start, 1),
+                        "cpu_s": round(time.process_time() - cpu_start, 1)})
+            if probe is not None:
+                log[-1].update(probe(model))
+            if snapshot is not None:
+                snapshot(model, step)
+            print(json.dumps(log[-1]), flush=True)
+            running = []
+    return log
+
+
+def held_out_accuracy(model, tokenizer, tasks: list[Task], max_tokens: int) -> dict:
+    from mlx_grpo.evaluate import evaluate
+
+    return evaluate(model, tokenizer, tasks, max_tokens=max_tokens, batch_size=64)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="weights/countdown-tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sft-steps", type=int, default=6000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--cooldown", type=int, default=1000, help="last steps, lr decayed linearly to 0")
+    parser.add_argument("--hidden-size", type=int, default=SHAPE["hidden_size"])
+    parser.add_argument("--layers", type=int, default=SHAPE["num_hidden_layers"])
+    parser.add_argument("--ffn", type=int, default=SHAPE["intermediate_size"])
+    parser.add_argument("--heads", type=int, default=SHAPE["num_attention_heads"])
+    parser.add_argument("--kv-heads", type=int, default=SHAPE["num_key_value_heads"])
+    parser.add_argument("--vocab-size", type=int, default=1024)
+    parser.add_argument("--rope-theta", type=float, default=10_000.0)
+    parser.add_argument("--eval-tasks", type=int, default=1000, help="held-out tasks scored at the end (0: none)")
+    parser.add_argument("--eval-seed", type=int, default=None, help="default: the demo's evaluation seed")
+    parser.add_argument("--probe-tasks", type=int, default=0, help="greedy accuracy on N held-out tasks at each log line")
+    parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+
+    import mlx_lm
+
+    from mlx_grpo.demo import EVAL_SEED, MAX_TOKENS, held_out_tasks
+
+    out = Path(args.out)
+    if out.exists():
+        if not args.overwrite:
+            raise SystemExit(f"{out} exists; pass --overwrite to rebuild it")
+        shutil.rmtree(out)
+    shape = dict(hidden_size=args.hidden_size, num_hidden_layers=args.layers, intermediate_size=args.ffn,
+                 num_attention_heads=args.heads, num_key_value_heads=args.kv_heads)
+    start = time.time()
+    build_untrained(out, args.seed, shape, args.rope_theta, args.vocab_size)
+    model, tokenizer = mlx_lm.load(str(out))
+    exclude = set(held_out_tasks(EVAL_SEED))
+    probe = None
+    if args.probe_tasks:
+        probe_tasks = held_out_tasks(EVAL_SEED)[: args.probe_tasks]
+        probe = lambda m: {"probe_accuracy": held_out_accuracy(m, tokenizer, probe_tasks, MAX_TOKENS)["accuracy"]}
+    log = supervised_warm_start(model, tokenizer, steps=args.sft_steps, batch_size=args.batch_size, lr=args.lr,
+                                warmup=args.warmup, cooldown=args.cooldown, seed=args.seed, exclude=exclude,
+                                log_every=args.log_every,
+                                probe=probe)
+    config = json.loads((out / "config.json").read_text())
+    modelgen.save_model(model, config, out)
+    built_s = time.time() - start
+    result = {"seed": args.seed, "sft_steps": args.sft_steps, "build_s": round(built_s, 1),
+              "params": sum(v.size for _, v in tree_flatten(model.parameters())),
+              "final_loss": log[-1]["loss"]}
+    if args.eval_tasks:
+        tasks = held_out_tasks(args.eval_seed if args.eval_seed is not None else EVAL_SEED)[: args.eval_tasks]
+        result.update(held_out_accuracy(model, tokenizer, tasks, MAX_TOKENS))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The bundled tiny model (weights/countdown-tiny) and the offline demo built on it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlx_grpo.demo import BUNDLED_MODEL, EVAL_SEED, held_out_tasks
+
+pytestmark = pytest.mark.skipif(not (BUNDLED_MODEL / "model.safetensors").is_file(),
+                                reason="bundled model not built (scripts/build_tiny_model.py)")
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    import mlx_lm
+
+    return mlx_lm.load(str(BUNDLED_MODEL))
+
+
+def test_folder_is_a_small_offline_qwen3(bundled, monkeypatch):
+    config = json.loads((BUNDLED_MODEL / "config.json").read_text())
+    assert config["model_type"] == "qwen3"
+    size = sum(f.stat().st_size for f in BUNDLED_MODEL.iterdir())
+    assert size < 8 * 2**20, "the committed folder should stay a few MB"
+    model, _ = bundled
+    assert model.model_type == "qwen3"
+
+
+def test_tokenizer_splits_digits_and_has_chat_tokens(bundled):
+    _, tokenizer = bundled
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode("98 = 44 + 54", add_special_tokens=False))
+    assert [p for p in pieces if any(ch.isdigit() for ch in p)] == list("98445" "4")
+    for special in ("<|im_start|>", "<|im_end|>", "<think>", "</think>"):
+        assert tokenizer.encode(special, add_special_tokens=False) == [tokenizer.convert_tokens_to_ids(special)]
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in tokenizer.eos_token_ids
+    messages = [{"role": "user", "content": "hi"}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, enable_thinking=False)
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+def test_preset_parses_into_the_train_config():
+    from mlx_grpo.config import build_config
+    from mlx_grpo.presets import preset_for_model
+
+    preset = preset_for_model(str(BUNDLED_MODEL))
+    config = build_config(None, {"output_dir": "unused"}, base=preset)
+    assert config.model == str(BUNDLED_MODEL)
+    assert config.dataset == "generate"
+    assert config.max_steps * config.batch_size <= config.num_samples * (1 - config.test_size) * 4
+
+
+def test_it_solves_some_held_out_tasks_greedily(bundled):
+    from mlx_grpo.evaluate import evaluate
+
+    model, tokenizer = bundled
+    result = evaluate(model, tokenizer, held_out_tasks(EVAL_SEED, 96), max_tokens=64, batch_size=96)
+    assert result["format_rate"] > 0.8
+    assert result["accuracy"] > 0.04
+
+
+def test_quick_demo_end_to_end_and_no_clobbering(tmp_path, capsys):
+    from mlx_grpo.cli import main
+
+    run_dir = tmp_path / "demo"
+    args = ["demo", "--quick", "--quiet", "--output-dir", str(run_dir), "--real-rows", str(tmp_path / "absent.jsonl")]
+    main(args)
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "->" in out
+    result = json.loads((run_dir / "demo.json").read_text())
+    assert set(result["before"]) == set(result["after"]) and len(result["before"]) == 1
+    assert (run_dir / "plots" / "reward_accuracy.png").is_file()
+    assert (run_dir / "adapters.safetensors").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert "--overwrite" in capsys.readouterr().err
