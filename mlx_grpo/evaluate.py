@@ -1,4 +1,4 @@
-"""Held-out evaluation: greedy pass@1 accuracy, format rate, completion length, optional pass@k."""
+"""Held-out evaluation: greedy pass@1 accuracy, format rate, equation rate, completion length, optional pass@k."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from mlx_grpo.countdown.expr import equation_value, extract_equation
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.episodes import run_episodes
 
@@ -31,9 +32,11 @@ def evaluate(
     is a list, one dict per task (prompt, completion, correct) is appended to it.
 
     Returns:
-        {"accuracy", "format_rate", "completion_length", "num_tasks"} and "pass@k" when asked.
+        {"accuracy", "format_rate", "equation_rate", "completion_length", "num_tasks"} and "pass@k"
+        when asked. `equation_rate`: answers that are an equation using every number once, whatever
+        its value (a bare result, or a number missing or used twice, is not).
     """
-    correct = well_formed = length = 0
+    correct = well_formed = equations = length = 0
     solved_by_sampling = 0
     batches = range(0, len(tasks), batch_size)
     for start in tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False):
@@ -42,6 +45,8 @@ def evaluate(
         greedy = run_episodes(model, tokenizer, chunk, group_size=1, temperature=0.0, seed=seed + start, **common)
         correct += sum(greedy.correct)
         well_formed += sum(greedy.well_formed)
+        equations += sum(equation_value(extract_equation(c) or "", t.nums) is not None
+                         for t, c in zip(chunk, greedy.completions))
         length += int(greedy.rollout.lengths.sum().item())
         if samples is not None:
             samples.extend(
@@ -57,6 +62,7 @@ def evaluate(
     result = {
         "accuracy": correct / n,
         "format_rate": well_formed / n,
+        "equation_rate": equations / n,
         "completion_length": length / n,
         "num_tasks": len(tasks),
     }

@@ -258,7 +258,7 @@ class Trainer:
             enable_thinking=c.enable_thinking, prefill=c.prefill, seed=c.seed,
         )
         return {"eval/accuracy": result["accuracy"], "eval/format_rate": result["format_rate"],
-                "eval/completion_length": result["completion_length"]}
+                "eval/equation_rate": result["equation_rate"], "eval/completion_length": result["completion_length"]}
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, on_step: Optional[Callable[[dict], None]] = None) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -55,9 +56,25 @@ def test_it_solves_some_held_out_tasks_greedily(bundled):
     from mlx_grpo.evaluate import evaluate
 
     model, tokenizer = bundled
-    result = evaluate(model, tokenizer, held_out_tasks(EVAL_SEED, 96), max_tokens=64, batch_size=96)
+    samples = []
+    result = evaluate(model, tokenizer, held_out_tasks(EVAL_SEED, 96), max_tokens=64, batch_size=96, samples=samples)
     assert result["format_rate"] > 0.8
     assert result["accuracy"] > 0.04
+    # equation rate, recounted from the answers: an arithmetic expression (operators present, no
+    # division by zero) that uses the numbers exactly once
+    def is_equation(completion: str, nums: list[int]) -> bool:
+        answer = re.search(r"<answer>([\d\s()+\-*/]*[-+*/][\d\s()+\-*/]*)</answer>", completion)
+        if answer is None or sorted(map(int, re.findall(r"\d+", answer.group(1)))) != sorted(nums):
+            return False
+        try:
+            eval(answer.group(1))  # digits, spaces, brackets and operators only (the regex above)
+        except (ZeroDivisionError, SyntaxError):  # unbalanced brackets, leading zeros
+            return False
+        return True
+
+    equations = [is_equation(s["completion"], s["nums"]) for s in samples]
+    assert result["equation_rate"] == sum(equations) / len(samples)
+    assert result["accuracy"] <= result["equation_rate"]
 
 
 def test_quick_demo_end_to_end_and_no_clobbering(tmp_path, capsys):

@@ -157,7 +157,8 @@ def _model_in_file(config_file):
 
 def _summary_rows(summary: dict) -> dict:
     keys = ["step", "reward", "accuracy", "format_rate", "completion_length/mean", "eval/accuracy",
-            "eval/format_rate", "eval/completion_length", "time/step", "tokens_per_s", "peak_memory_gb"]
+            "eval/format_rate", "eval/equation_rate", "eval/completion_length", "time/step", "tokens_per_s",
+            "peak_memory_gb"]
     return {k: summary[k] for k in keys if k in summary}
 
 
