@@ -1,6 +1,6 @@
 """Build the bundled tiny Countdown model (`weights/countdown-tiny/`) from nothing, seeded.
 
-    python scripts/build_tiny_model.py                      # the shipped recipe (~4 min, one thread)
+    python scripts/build_tiny_model.py                      # the shipped recipe (~25 min of one core)
     python scripts/build_tiny_model.py --out /tmp/m --sft-steps 300 --seed 1
 
 Three stages, each reproducible from `--seed`:
@@ -12,8 +12,9 @@ Three stages, each reproducible from `--seed`:
 3. Supervised warm start: completion-only cross-entropy on worked solutions
    (`solver.worked_solution`) for fresh generated tasks every batch, the prompt rendered by
    `prompts.build_prompt` exactly as the trainer renders it and the stop token <|im_end|> trained;
-   AdamW. It stops early on purpose (a fixed number of steps, not a time), so that GRPO has
-   accuracy left to gain: the bundled model is a starting point for the demo, not a solver.
+   AdamW. A share BARE_ANSWER of the completions answer with the bare result instead of the
+   equation (`warm_start_completion`): the habit GRPO has to unlearn, since the equation reward pays
+   only for equations. The bundled model is a starting point for the demo, not a solver.
 
 Tasks come from `generator.generate_tasks` with seeds from SFT_SEED_BASE up, disjoint from the
 demo's evaluation seed, and any task of the demo's held-out set is skipped. No row of
@@ -44,18 +45,22 @@ from mlx_grpo.countdown.tasks import Task
 
 SFT_SEED_BASE = 1_000_000  # generator seeds of the recipe's tasks: SFT_SEED_BASE + i
 TOKENIZER_TASKS = 2_000
+# Share of warm-start completions that answer with the bare result ("<answer> 98 </answer>"), as base
+# models often do with this prompt. The equation reward pays nothing for them, the format reward the
+# same as for an equation: the habit GRPO has to unlearn, on top of solving more tasks.
+BARE_ANSWER = 0.5
 SHAPE = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=384, num_attention_heads=4, num_key_value_heads=2)
 
 
 def tokenizer_corpus(num_tasks: int, seed: int) -> list[str]:
     """The texts of `num_tasks` conversations cut at the special tokens, as encoding cuts them:
-    role headers with the system prompt, the user prompt, the worked solution."""
+    role headers with the system prompt, the user prompt, the warm-start completion."""
     special = re.compile("|".join(re.escape(t) for t in modelgen.SPECIAL_TOKENS))
-    texts = []
+    texts, rng = [], random.Random(seed)
     for task in generate_tasks(num_tasks, SFT_SEED_BASE - 1 - seed):
         numbers = "[" + ", ".join(str(n) for n in task.nums) + "]"
         user = USER_TEMPLATE.format(numbers=numbers, target=task.target)
-        for text in ("system\n" + SYSTEM_PROMPT, "user\n" + user, "assistant\n", worked_solution(task.nums, task.target)):
+        for text in ("system\n" + SYSTEM_PROMPT, "user\n" + user, "assistant\n", warm_start_completion(task, rng)):
             texts += [piece for piece in special.split(text) if piece]
     return texts
 
@@ -94,17 +99,28 @@ def build_untrained(out: Path, seed: int, shape: dict, rope_theta: float, vocab_
     modelgen.save_model(modelgen.init_qwen3(config, seed=seed), config, out)
 
 
-def encode_example(tokenizer, task: Task, stop_id: int) -> tuple[list[int], int]:
-    """Prompt + worked solution + stop token as ids, and the prompt's length (loss starts there)."""
+def warm_start_completion(task: Task, rng: random.Random) -> str:
+    """The solver's worked solution; with probability BARE_ANSWER its answer is the bare target.
+
+    Example (bare): "<think>\n44 + 19 = 63\n63 + 35 = 98\n</think>\n<answer> 98 </answer>"
+    """
+    text = worked_solution(task.nums, task.target)
+    if rng.random() < BARE_ANSWER:
+        text = text[: text.index("<answer>")] + f"<answer> {task.target} </answer>"
+    return text
+
+
+def encode_example(tokenizer, task: Task, completion: str, stop_id: int) -> tuple[list[int], int]:
+    """Prompt + completion + stop token as ids, and the prompt's length (loss starts there)."""
     prompt = build_prompt(tokenizer, task)
     prompt_ids = tokenizer.encode(prompt.text, add_special_tokens=False)
-    completion_ids = tokenizer.encode(worked_solution(task.nums, task.target), add_special_tokens=False)
+    completion_ids = tokenizer.encode(completion, add_special_tokens=False)
     return prompt_ids + completion_ids + [stop_id], len(prompt_ids)
 
 
-def make_batch(tokenizer, tasks: list[Task], stop_id: int, pad_id: int) -> tuple[mx.array, mx.array]:
+def make_batch(tokenizer, pairs: list[tuple[Task, str]], stop_id: int, pad_id: int) -> tuple[mx.array, mx.array]:
     """Right-padded ids `[B, L]` and a loss mask `[B, L-1]` that is 1 on completion targets only."""
-    examples = [encode_example(tokenizer, t, stop_id) for t in tasks]
+    examples = [encode_example(tokenizer, t, c, stop_id) for t, c in pairs]
     width = max(len(ids) for ids, _ in examples)
     ids = np.full((len(examples), width), pad_id, dtype=np.int32)
     mask = np.zeros((len(examples), width - 1), dtype=np.float32)
@@ -120,15 +136,16 @@ def completion_loss(model, ids: mx.array, mask: mx.array) -> mx.array:
     return (ce * mask).sum() / mask.sum()
 
 
-def task_batches(batch_size: int, seed: int, exclude: set[Task]):
-    """Fresh generated tasks forever, `batch_size` at a time, none of them in `exclude`."""
+def example_batches(batch_size: int, seed: int, exclude: set[Task]):
+    """Fresh generated tasks forever, `batch_size` (task, warm-start completion) pairs at a time,
+    no task of `exclude` among them."""
     rng = random.Random(seed)
     index = 0
     while True:
         tasks = [t for t in generate_tasks(batch_size, SFT_SEED_BASE + rng.randrange(10**9) + index) if t not in exclude]
         index += 1
         if tasks:
-            yield tasks
+            yield [(t, warm_start_completion(t, rng)) for t in tasks]
 
 
 def lr_schedule(lr: float, steps: int, warmup: int, cooldown: int):
@@ -151,7 +168,7 @@ def supervised_warm_start(model, tokenizer, *, steps: int, batch_size: int, lr: 
     mx.random.seed(seed)
     optimizer = optim.AdamW(learning_rate=lr_schedule(lr, steps, warmup, cooldown), weight_decay=0.0)
     loss_and_grad = nn.value_and_grad(model, completion_loss)
-    batches = task_batches(batch_size, seed, exclude)
+    batches = example_batches(batch_size, seed, exclude)
     log, start, cpu_start, running = [], time.time(), time.process_time(), []
     for step in range(1, steps + 1):
         ids, mask = make_batch(tokenizer, next(batches), stop_id, pad_id)

@@ -1,0 +1,47 @@
+"""The bundled model's recipe (scripts/build_tiny_model.py): warm-start data and reproducibility."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import build_tiny_model as recipe  # noqa: E402
+
+from mlx_grpo.countdown.generator import generate_tasks  # noqa: E402
+from mlx_grpo.countdown.solver import worked_solution  # noqa: E402
+from mlx_grpo.rewards import equation_reward_func, format_reward_func  # noqa: E402
+
+TASKS = generate_tasks(2000, seed=4242)
+
+
+def test_warm_start_completions_answer_with_the_equation_or_the_bare_result():
+    rng = random.Random(0)
+    completions = [recipe.warm_start_completion(task, rng) for task in TASKS]
+    assert format_reward_func(completions) == [1.0] * len(TASKS)  # both kinds are well formed
+    solved = equation_reward_func(completions, [t.target for t in TASKS], [list(t.nums) for t in TASKS])
+    bare = 0
+    for task, completion, reward in zip(TASKS, completions, solved):
+        worked = worked_solution(task.nums, task.target)
+        think = worked[: worked.index("<answer>")]
+        assert completion.startswith(think)  # the reasoning is always the solver's
+        if reward == 1.0:
+            assert completion == worked
+        else:
+            bare += 1
+            assert completion == f"{think}<answer> {task.target} </answer>"
+    assert abs(bare / len(TASKS) - recipe.BARE_ANSWER) < 0.04  # 4 standard errors at n = 2000
+
+
+def test_recipe_is_reproducible_from_its_seed(tmp_path):
+    def build(out: Path, seed: int) -> dict[str, str]:
+        recipe.main(["--out", str(out), "--seed", str(seed), "--sft-steps", "3", "--cooldown", "1",
+                     "--eval-tasks", "2", "--log-every", "3"])
+        return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(out.iterdir())}
+
+    first, again, other = build(tmp_path / "a", 0), build(tmp_path / "b", 0), build(tmp_path / "c", 1)
+    assert first == again
+    assert first["model.safetensors"] != other["model.safetensors"]
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(first)
