@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mlx_grpo.errors import UserError
 
@@ -158,24 +158,19 @@ def add_lora(model: nn.Module, *, rank: int, scale: float, dropout: float = 0.0,
     return {"fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": params}
 
 
-def lora_modules(model: nn.Module) -> list[nn.Module]:
-    from mlx_lm.tuner.lora import LoRALinear
-
-    return [m for _, m in model.named_modules() if isinstance(m, LoRALinear)]
-
-
 @contextlib.contextmanager
 def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
-    """Run the base model (the GRPO reference policy) by zeroing every LoRA scale for the block."""
-    modules = lora_modules(model)
-    scales = [m.scale for m in modules]
+    """Run the base model (the GRPO reference policy): every LoRA layer is swapped for the layer it
+    wraps for the block. The output is exactly the base model's, and the adapter's matmuls are not
+    computed at all (zeroing the LoRA scales still runs them: ~7% of a tiny model's forward pass)."""
+    from mlx_lm.tuner.lora import LoRALinear
+
+    lora = [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+    model.update_modules(tree_unflatten([(name, m.linear) for name, m in lora]))
     try:
-        for m in modules:
-            m.scale = 0.0
         yield model
     finally:
-        for m, s in zip(modules, scales):
-            m.scale = s
+        model.update_modules(tree_unflatten(lora))
 
 
 def adapter_weights(model: nn.Module) -> dict[str, mx.array]:
