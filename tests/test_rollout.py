@@ -9,6 +9,7 @@ from mlx_grpo import rollout
 from mlx_grpo.logprobs import left_pad, sequence_logprobs
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+PREFIXED = [[5, 6, 7, 8, 9, 10, 11], [5, 6, 7, 12, 13], [5, 6, 14, 15, 16, 17]]  # prefilled once: [5, 6]
 
 
 def _row_prompts(out: rollout.Rollout):
@@ -39,10 +40,10 @@ def _truncated_logprobs(logits, temperature, top_k, top_p):
         return np.log(p / p.sum())
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_sampled_logps_equal_a_full_forward_pass(tiny_model, temperature):
+@pytest.mark.parametrize("temperature, prompt_ids", [(1.0, PROMPTS), (0.7, PROMPTS), (1.0, PREFIXED)])
+def test_sampled_logps_equal_a_full_forward_pass(tiny_model, temperature, prompt_ids):
     model, _ = tiny_model
-    out = rollout.generate(model, PROMPTS, group_size=2, max_tokens=9, temperature=temperature, eos_ids=[], seed=1)
+    out = rollout.generate(model, prompt_ids, group_size=2, max_tokens=9, temperature=temperature, eos_ids=[], seed=1)
     assert out.tokens.shape == (6, 9) and out.tokens.dtype == mx.int32
     prompts, pad = _row_prompts(out)
     recomputed = sequence_logprobs(model, prompts, pad, out.tokens, out.mask, temperature=temperature)
@@ -94,12 +95,12 @@ def _greedy_reference(model, prompt, n):
     return [int(token) for token, _ in steps]
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1e-4])
-def test_greedy_equals_plain_mlx_lm_argmax_decoding(tiny_model, temperature):
+@pytest.mark.parametrize("temperature, prompt_ids", [(0.0, PROMPTS), (1e-4, PROMPTS), (0.0, PREFIXED)])
+def test_greedy_equals_plain_mlx_lm_argmax_decoding(tiny_model, temperature, prompt_ids):
     model, _ = tiny_model
-    out = rollout.generate(model, PROMPTS, group_size=2, max_tokens=12, temperature=temperature, eos_ids=[], seed=0)
+    out = rollout.generate(model, prompt_ids, group_size=2, max_tokens=12, temperature=temperature, eos_ids=[], seed=0)
     for r in range(6):
-        assert out.tokens[r].tolist() == _greedy_reference(model, PROMPTS[r // 2], 12)
+        assert out.tokens[r].tolist() == _greedy_reference(model, prompt_ids[r // 2], 12)
 
 
 def test_stop_token_is_kept_and_the_rest_is_padding(tiny_model):
