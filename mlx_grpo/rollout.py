@@ -2,8 +2,8 @@
 
 Each prompt is prefilled once (the B prompts left-padded into one forward pass, the layout of
 `mlx_grpo.logprobs`; the prefix they all share, such as the system prompt, runs once for all of
-them, in front of the pad slots); its keys/values are copied G times into a fixed-capacity buffer per layer, so
-rows [b*G, (b+1)*G) are prompt b's group. All R = B*G rows are then decoded together by one
+them, in front of the pad slots); its keys/values are copied G times into a fixed-capacity buffer
+per layer, so rows [b*G, (b+1)*G) are prompt b's group. All R = B*G rows are then decoded together by one
 `mx.compile`d step that writes the new keys/values at an array-valued slot (`mx.slice_update`) and
 masks the unused slots, so its shapes do not change from token to token. The buffer grows by
 CAPACITY_BUCKET slots when full (one more compile per new capacity, kept for later calls): attention
