@@ -5,8 +5,11 @@ from mlx.utils import tree_map
 from mlx_lm.generate import generate_step
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
+from mlx_lm.tuner.lora import LoRALinear
+
 from mlx_grpo import rollout
 from mlx_grpo.logprobs import left_pad, sequence_logprobs
+from mlx_grpo.model import adapters_merged
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
 PREFIXED = [[5, 6, 7, 8, 9, 10, 11], [5, 6, 7, 12, 13], [5, 6, 14, 15, 16, 17]]  # prefilled once: [5, 6]
@@ -170,6 +173,25 @@ def test_lora_model_and_weight_updates_are_seen_by_the_compiled_step(tiny_model)
     for m in lora:  # adapters off (the reference policy): a Python attribute the trace must not keep
         m.scale = 0.0
     assert check() != updated
+
+
+def test_adapters_merged_for_sampling_give_the_same_completions(tiny_model):
+    model, _ = tiny_model
+    model.freeze()
+    linear_to_lora_layers(model, len(model.layers), {"rank": 4, "scale": 10.0, "dropout": 0.0})
+    model.update(tree_map(lambda p: p + 0.05, model.trainable_parameters()))  # lora_b away from 0
+    n_lora = sum(isinstance(m, LoRALinear) for _, m in model.named_modules())
+    ids = mx.array([[5, 6, 7, 8]])
+    before = model(ids)
+    lora = rollout.generate(model, PREFIXED, group_size=2, max_tokens=8, eos_ids=[], seed=3)
+    with adapters_merged(model):
+        assert not any(isinstance(m, LoRALinear) for _, m in model.named_modules())
+        merged = rollout.generate(model, PREFIXED, group_size=2, max_tokens=8, eos_ids=[], seed=3)
+    assert merged.tokens.tolist() == lora.tokens.tolist()
+    np.testing.assert_allclose(np.array(merged.logps), np.array(lora.logps), atol=1e-5)
+    assert mx.array_equal(model(ids), before).item()  # adapters and base weights back as they were
+    with adapters_merged(model, max_bytes=0):  # a merged copy would not fit: left as it is
+        assert sum(isinstance(m, LoRALinear) for _, m in model.named_modules()) == n_lora
 
 
 def test_bad_arguments_raise(tiny_model):
