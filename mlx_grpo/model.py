@@ -1,7 +1,8 @@
 """The policy: an mlx-lm causal LM with LoRA adapters, loaded, switched and saved.
 
 The reference policy for the KL term is the same model with its adapters switched off
-(`adapters_disabled`), so there is never a second copy of the base weights in memory.
+(`adapters_disabled`), so the base weights are never copied for it. Only sampling from a small model
+uses merged copies of the adapted weights (`adapters_merged`, bounded by MERGE_MAX_BYTES).
 """
 
 from __future__ import annotations
