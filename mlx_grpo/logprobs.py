@@ -7,9 +7,15 @@ to the batch's longest prompt P, followed by its completion tokens, right-padded
     tokens   [R, T]  int32   c0 c1 c2 EOS pad pad    (mask [R, T] = 1 1 1 1 0 0)
 
 so the completions of all rows start at the same column P. Pad slots are masked out of attention
-and RoPE positions start at 0 on each row's first real token, so a row's log-probs do not depend on
-how much padding it carries (up to float rounding). `left_pad(prompt_ids)` builds `prompts` and
-`prompt_pad` from token-id lists; for a micro-batch slice all three arrays along rows.
+and RoPE positions skip them, so a row's log-probs do not depend on how much padding it carries (up
+to float rounding). `left_pad(prompt_ids)` builds `prompts` and `prompt_pad` from token-id lists;
+for a micro-batch slice all three arrays along rows. Prompts that begin with the same tokens (every
+Countdown prompt starts with the same system prompt) can keep that shared prefix in front of the
+pad slots, `left_pad(ids, shared=shared_prefix_length(ids))`:
+
+    prompts  [R, P]  int32   s0 s1 pad pad p0 p1 p2   (shared = 2: columns [0, 2) are the same in every row)
+
+and `sequence_logprobs(..., shared=2)` then runs those columns through the model once, as one row.
 
 One forward pass runs over `[prompts | tokens[:, :-1]]`; only the final hidden states of the T
 positions that predict a completion token go through the output layer, `chunk_size` positions at a
@@ -40,71 +46,70 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 
-def left_pad(prompt_ids: list[list[int]], pad_id: int = 0) -> tuple[mx.array, mx.array]:
+def shared_prefix_length(prompt_ids: list[list[int]]) -> int:
+    """Tokens at the start of every prompt, leaving each at least one token of its own (0 for one prompt).
+
+    Example: `[[1, 2, 3, 4], [1, 2, 5]] -> 2`.
+    """
+    if len(prompt_ids) < 2:
+        return 0
+    first, limit = prompt_ids[0], min(len(ids) for ids in prompt_ids) - 1
+    n = 0
+    while n < limit and all(ids[n] == first[n] for ids in prompt_ids):
+        n += 1
+    return n
+
+
+def left_pad(prompt_ids: list[list[int]], pad_id: int = 0, shared: int = 0) -> tuple[mx.array, mx.array]:
     """Left-pad token-id lists into one array.
 
     Args:
         prompt_ids: N non-empty lists of token ids.
         pad_id: token id written into the pad slots (it is never attended to).
+        shared: the first `shared` tokens, the same in every list (`shared_prefix_length`), stay in
+            front of the pad slots so that they can be run once for all rows.
 
     Returns:
         `(prompts [N, P] int32, prompt_pad [N] int32)` with P the longest length, e.g.
-        `[[5, 6, 7], [8]] -> ([[5, 6, 7], [0, 0, 8]], [0, 2])`.
+        `[[5, 6, 7], [8]] -> ([[5, 6, 7], [0, 0, 8]], [0, 2])`, and with `shared=1`
+        `[[5, 6, 7], [5, 8]] -> ([[5, 6, 7], [5, 0, 8]], [0, 1])`.
     """
     longest = max(len(ids) for ids in prompt_ids)
-    rows = [[pad_id] * (longest - len(ids)) + list(ids) for ids in prompt_ids]
+    rows = [list(ids[:shared]) + [pad_id] * (longest - len(ids)) + list(ids[shared:]) for ids in prompt_ids]
     pads = [longest - len(ids) for ids in prompt_ids]
     return mx.array(rows, dtype=mx.int32), mx.array(pads, dtype=mx.int32)
 
 
-class LeftPadCache:
-    """Stand-in for a KV cache during one pass over left-padded rows (one instance per layer).
+class PaddedCache:
+    """Stand-in for a KV cache during one pass over padded rows (one instance per layer).
 
-    Masks the pad slots out of attention (a pad query attends to itself only, which keeps it finite
-    on every backend) and shifts RoPE positions so that each row's first real token is at 0. Keeps
-    the last keys/values it saw, which `rollout` uses as the prefilled cache.
+    Row r's pad slots are the columns `[pad_start, pad_start + prompt_pad[r])`, before the pass's first
+    real token: they are masked out of attention (a pad query attends to itself only, which keeps it
+    finite on every backend) and RoPE positions skip them. The pass may continue keys/values already
+    computed for the columns before it (`keys`/`values` `[N or 1, heads, S, head_dim]`; 1: the same
+    for every row). Keeps all the keys/values it saw, which a later pass or `rollout` continues from.
     """
 
-    def __init__(self, prompt_pad: mx.array):
-        self.prompt_pad = prompt_pad  # [N]
-        self.offset = -prompt_pad  # [N] RoPE position of column 0
-        self.keys = self.values = None
+    def __init__(self, prompt_pad: mx.array, pad_start: int = 0, keys: Optional[mx.array] = None,
+                 values: Optional[mx.array] = None):
+        self.prompt_pad, self.pad_start = prompt_pad, pad_start  # [N], int
+        self.keys, self.values = keys, values
+        self.start = 0 if keys is None else keys.shape[2]  # column of the pass's first token
+        self.offset = self.start - prompt_pad  # [N] RoPE position of that column
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
-        self.keys, self.values = keys, values  # [N, heads, L, head_dim]
+        if self.keys is not None:  # [N, heads, L, head_dim] after the earlier columns
+            shape = (keys.shape[0], *self.keys.shape[1:])
+            keys = mx.concatenate([mx.broadcast_to(self.keys, shape), keys], axis=2)
+            values = mx.concatenate([mx.broadcast_to(self.values, shape), values], axis=2)
+        self.keys, self.values = keys, values
         return keys, values
 
     def make_mask(self, N: int, **kwargs) -> mx.array:
-        cols = mx.arange(N)
-        causal = cols[None, :] <= cols[:, None]  # [L, L]
-        real = cols[None, None, :] >= self.prompt_pad[:, None, None]  # [N, 1, L]
-        diagonal = cols[None, :] == cols[:, None]
-        return (causal & (real | diagonal))[:, None]  # [N, 1, L, L]
-
-
-class PrefixCache:
-    """KV cache for a pass over completion tokens that continue already computed prompt keys/values.
-
-    `keys`/`values` `[R, heads, P, head_dim]` come from a `LeftPadCache` pass over the prompts
-    (gathered so that row r holds its prompt's); pad slots stay masked, and RoPE positions continue
-    from each row's real prompt length.
-    """
-
-    def __init__(self, keys: mx.array, values: mx.array, prompt_pad: mx.array):
-        self.prefix_keys, self.prefix_values = keys, values
-        self.prompt_pad = prompt_pad  # [R]
-        self.offset = keys.shape[2] - prompt_pad  # [R] RoPE position of the first completion token
-
-    def update_and_fetch(self, keys: mx.array, values: mx.array):
-        return (mx.concatenate([self.prefix_keys, keys], axis=2),
-                mx.concatenate([self.prefix_values, values], axis=2))
-
-    def make_mask(self, N: int, **kwargs) -> mx.array:
-        P = self.prefix_keys.shape[2]
-        cols = mx.arange(P + N)
-        rows = mx.arange(N)[:, None] + P  # [N, 1] column of each query
-        visible = (cols[None] <= rows) & (cols[None] >= self.prompt_pad[:, None, None])  # [R, N, P + N]
-        return visible[:, None]  # [R, 1, N, P + N]
+        cols = mx.arange(self.start + N)  # key columns
+        query = mx.arange(self.start, self.start + N)[:, None]  # [L, 1] column of each query
+        pad = (cols >= self.pad_start) & (cols < self.pad_start + self.prompt_pad[:, None, None])  # [N, 1, S + L]
+        return ((cols <= query) & (~pad | (cols == query)))[:, None]  # [N, 1, L, S + L]
 
 
 def output_layer(model: nn.Module) -> tuple[nn.Module, Callable[[mx.array], mx.array]]:
@@ -115,9 +120,27 @@ def output_layer(model: nn.Module) -> tuple[nn.Module, Callable[[mx.array], mx.a
     return embed, embed.as_linear
 
 
-def hidden_states(model: nn.Module, inputs: mx.array, caches: list[LeftPadCache]) -> mx.array:
-    """Final normed hidden states `[N, L, H]` of left-padded `inputs [N, L]` (one cache per layer)."""
+def hidden_states(model: nn.Module, inputs: mx.array, caches: list[PaddedCache]) -> mx.array:
+    """Final normed hidden states `[N, L, H]` of padded `inputs [N, L]` (one cache per layer)."""
     return model.model(inputs, cache=caches)
+
+
+def prompt_pass(model: nn.Module, prompts: mx.array, prompt_pad: mx.array, shared: int = 0):
+    """Run left-padded prompts `[B, P]` (see `left_pad`) through the model.
+
+    The first `shared` columns, the same in every row, run once as one row (of them only the
+    keys/values are used, so MLX never computes the rest).
+
+    Returns:
+        `(hidden [B, P - shared, H], caches)`: the final hidden states of the columns after the
+        shared prefix, and per layer a cache whose keys/values `[B, heads, P, head_dim]` cover all P.
+    """
+    caches = [PaddedCache(prompt_pad) for _ in model.layers]
+    if shared:
+        head = [PaddedCache(mx.zeros((1,), mx.int32)) for _ in model.layers]
+        hidden_states(model, prompts[:1, :shared], head)
+        caches = [PaddedCache(prompt_pad, shared, c.keys, c.values) for c in head]
+    return hidden_states(model, prompts[:, shared:], caches), caches
 
 
 def chunk_nbytes(model: nn.Module, chunk_size: int) -> int:
@@ -210,6 +233,7 @@ def sequence_logprobs(
     chunk_size: int = 128,
     differentiable: bool = True,
     prompt_index: Optional[mx.array] = None,
+    shared: int = 0,
 ) -> mx.array:
     """Per-token log-probs of completion tokens under `model`, differentiable w.r.t. its parameters.
 
@@ -227,15 +251,19 @@ def sequence_logprobs(
         prompt_index: `[R]` int32; when given, `prompts`/`prompt_pad` hold each distinct prompt once
             (`[B, P]`, `[B]`) and row r continues prompt `prompt_index[r]`. Every prompt then runs
             through the model once instead of once per completion (G times fewer prompt tokens).
+        shared: the first `shared` prompt columns are the same tokens in every row (`left_pad`
+            with `shared`); they run through the model once.
 
     Returns:
         `[R, T]` float32: log p(tokens[r, t] | prompt r, tokens[r, :t]) at `temperature`.
     """
     R, T = tokens.shape
-    if prompt_index is None:
+    if prompt_index is None and not shared:
         hidden = _one_pass_hidden(model, prompts, prompt_pad, tokens)
     else:
-        hidden = _shared_prompt_hidden(model, prompts, prompt_pad, tokens, prompt_index)
+        if prompt_index is None:
+            prompt_index = mx.arange(R, dtype=mx.int32)
+        hidden = _shared_prompt_hidden(model, prompts, prompt_pad, tokens, prompt_index, shared)
     logps = _chunked_logprobs(
         model, hidden.reshape(R * T, -1), tokens.reshape(-1), temperature, chunk_size, differentiable
     )
@@ -247,21 +275,20 @@ def _one_pass_hidden(model, prompts, prompt_pad, tokens) -> mx.array:
     """Hidden states `[R, T, H]` that predict each completion token, one pass over prompt + completion."""
     P = prompts.shape[1]
     inputs = mx.concatenate([prompts, tokens[:, :-1]], axis=1)  # [R, P + T - 1]
-    caches = [LeftPadCache(prompt_pad) for _ in model.layers]
+    caches = [PaddedCache(prompt_pad) for _ in model.layers]
     return hidden_states(model, inputs, caches)[:, P - 1 :]  # [R, T, H]: each predicts tokens[:, t]
 
 
-def _shared_prompt_hidden(model, prompts, prompt_pad, tokens, prompt_index) -> mx.array:
+def _shared_prompt_hidden(model, prompts, prompt_pad, tokens, prompt_index, shared) -> mx.array:
     """As `_one_pass_hidden`, with each distinct prompt run once: `prompts [B, P]`, row r's prompt is
     `prompts[prompt_index[r]]`. Gradients reach the prompt's keys and values through the gather."""
-    caches = [LeftPadCache(prompt_pad) for _ in model.layers]
-    last = hidden_states(model, prompts, caches)[:, -1:]  # [B, 1, H] predicts tokens[:, 0]
-    last = mx.take(last, prompt_index, axis=0)  # [R, 1, H]
+    hidden, caches = prompt_pass(model, prompts, prompt_pad, shared)
+    last = mx.take(hidden[:, -1:], prompt_index, axis=0)  # [R, 1, H] predicts tokens[:, 0]
     if tokens.shape[1] == 1:
         return last
     row_pad = mx.take(prompt_pad, prompt_index, axis=0)  # [R]
     continued = [
-        PrefixCache(mx.take(c.keys, prompt_index, axis=0), mx.take(c.values, prompt_index, axis=0), row_pad)
+        PaddedCache(row_pad, shared, mx.take(c.keys, prompt_index, axis=0), mx.take(c.values, prompt_index, axis=0))
         for c in caches
     ]
     rest = hidden_states(model, tokens[:, :-1], continued)  # [R, T - 1, H]

@@ -1,8 +1,9 @@
 """Batched generation for GRPO: B prompts x G completions, decoded together by a compiled step.
 
 Each prompt is prefilled once (the B prompts left-padded into one forward pass, the layout of
-`mlx_grpo.logprobs`); its keys/values are copied G times into a fixed-capacity buffer per layer, so
-rows [b*G, (b+1)*G) are prompt b's group. All R = B*G rows are then decoded together by one
+`mlx_grpo.logprobs`; the prefix they all share, such as the system prompt, runs once for all of
+them, in front of the pad slots); its keys/values are copied G times into a fixed-capacity buffer
+per layer, so rows [b*G, (b+1)*G) are prompt b's group. All R = B*G rows are then decoded together by one
 `mx.compile`d step that writes the new keys/values at an array-valued slot (`mx.slice_update`) and
 masks the unused slots, so its shapes do not change from token to token. The buffer grows by
 CAPACITY_BUCKET slots when full (one more compile per new capacity, kept for later calls): attention
@@ -42,7 +43,7 @@ from typing import Iterable, Optional
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_grpo.logprobs import LeftPadCache, hidden_states, left_pad, output_layer
+from mlx_grpo.logprobs import hidden_states, left_pad, output_layer, prompt_pass, shared_prefix_length
 
 CAPACITY_BUCKET = 32  # KV buffers grow by this many slots (one compile per capacity)
 CHECK_EVERY = 4  # decode steps between host checks of "every row stopped"
@@ -112,10 +113,10 @@ def sample(logits: mx.array, key: mx.array, temperature, *, top_k: int = 0, top_
 class _SlotCache:
     """One layer's decode cache: a fixed `[R, heads, capacity, head_dim]` buffer written at `slot`."""
 
-    def __init__(self, keys: mx.array, values: mx.array, slot: mx.array, prompt_pad: mx.array):
+    def __init__(self, keys: mx.array, values: mx.array, slot: mx.array, prompt_pad: mx.array, pad_start: mx.array):
         self.keys, self.values = keys, values
         self.slot = slot  # [1] int32, same for every row
-        self.prompt_pad = prompt_pad  # [R]
+        self.prompt_pad, self.pad_start = prompt_pad, pad_start  # [R]; [1]: row r's pad slots start there
         self.offset = slot - prompt_pad  # [R] RoPE position of the token being written
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
@@ -125,7 +126,8 @@ class _SlotCache:
 
     def make_mask(self, N: int, **kwargs) -> mx.array:
         slots = mx.arange(self.keys.shape[2])
-        visible = (slots >= self.prompt_pad[:, None]) & (slots <= self.slot)  # [R, capacity]
+        pad = (slots >= self.pad_start) & (slots < self.pad_start + self.prompt_pad[:, None])  # [R, capacity]
+        visible = ~pad & (slots <= self.slot)
         return visible[:, None, None, :]
 
 
@@ -146,14 +148,15 @@ class _Decoder:
         """
         return self._sample_fn(logits, done, lengths, key, temperature, top_p, eos)
 
-    def step(self, tokens, keys, values, slot, prompt_pad, done, lengths, key, temperature, top_p, eos):
+    def step(self, tokens, keys, values, slot, prompt_pad, pad_start, done, lengths, key, temperature, top_p, eos):
         """Feed the last tokens `[R]`, write their keys/values at `slot`, sample the next tokens.
 
         Returns `sample`'s outputs, then the updated keys, values and slot + 1.
         """
         self._weights.append(self.model().state)
         try:
-            return self._step_fn(tokens, keys, values, slot, prompt_pad, done, lengths, key, temperature, top_p, eos)
+            return self._step_fn(tokens, keys, values, slot, prompt_pad, pad_start, done, lengths, key, temperature,
+                                 top_p, eos)
         finally:
             self._weights.clear()
 
@@ -169,9 +172,9 @@ class _Decoder:
         done = done | (tokens[:, None] == eos[None]).any(axis=-1)
         return tokens, logps, done, lengths + live.astype(mx.int32), key
 
-    def _step(self, tokens, keys, values, slot, prompt_pad, done, lengths, key, temperature, top_p, eos):
+    def _step(self, tokens, keys, values, slot, prompt_pad, pad_start, done, lengths, key, temperature, top_p, eos):
         model = self.model()
-        caches = [_SlotCache(k, v, slot, prompt_pad) for k, v in zip(keys, values)]
+        caches = [_SlotCache(k, v, slot, prompt_pad, pad_start) for k, v in zip(keys, values)]
         hidden = hidden_states(model, tokens[:, None], caches)[:, -1]  # [R, H]
         logits = output_layer(model)[1](hidden).astype(mx.float32)  # [R, V]
         out = self._sample(logits, done, lengths, key, temperature, top_p, eos)
@@ -211,15 +214,15 @@ def _with_capacity(x: mx.array, capacity: int) -> mx.array:
     return mx.pad(x, [(0, 0), (0, 0), (0, capacity - x.shape[2]), (0, 0)])
 
 
-def _prefill(model: nn.Module, prompts: mx.array, prompt_pad: mx.array, group_size: int):
-    """One forward pass over the B left-padded prompts `[B, P]`.
+def _prefill(model: nn.Module, prompts: mx.array, prompt_pad: mx.array, group_size: int, shared: int = 0):
+    """One forward pass over the B left-padded prompts `[B, P]`, their first `shared` columns run once.
 
     Returns `(logits [R, V] float32, keys, values)` with each layer's keys/values `[R, heads, capacity,
     head_dim]`, capacity = P + 1 rounded up to the bucket: the prompt's in slots [0, P), repeated
     group_size times along rows (group-major).
     """
-    caches = [LeftPadCache(prompt_pad) for _ in model.layers]
-    hidden = hidden_states(model, prompts, caches)[:, -1]  # [B, H]
+    hidden, caches = prompt_pass(model, prompts, prompt_pad, shared)
+    hidden = hidden[:, -1]  # [B, H]
     logits = output_layer(model)[1](hidden).astype(mx.float32)  # [B, V]
     capacity = _bucket(prompts.shape[1] + 1)
     keys = [mx.repeat(_with_capacity(c.keys, capacity), group_size, axis=0) for c in caches]
@@ -277,11 +280,12 @@ def generate(
 
 def _rollout(model, prompt_ids, group_size, max_tokens, temperature, top_p, top_k, eos_ids, seed) -> Rollout:
     """Prefill once, then decode all rows until every row stopped or max_tokens were generated."""
-    prompts, prompt_pad = left_pad(prompt_ids)  # [B, P], [B]
+    shared = shared_prefix_length(prompt_ids)  # e.g. the system prompt: prefilled once
+    prompts, prompt_pad = left_pad(prompt_ids, shared=shared)  # [B, P], [B]
     R, P = len(prompt_ids) * group_size, prompts.shape[1]
     decoder = _decoder(model, temperature == 0, top_k, top_p < 1)
-    logits, keys, values = _prefill(model, prompts, prompt_pad, group_size)
-    row_pad = mx.repeat(prompt_pad, group_size)  # [R]
+    logits, keys, values = _prefill(model, prompts, prompt_pad, group_size, shared)
+    row_pad, pad_start = mx.repeat(prompt_pad, group_size), mx.array([shared], mx.int32)  # [R], [1]
     eos = mx.array(sorted(set(eos_ids)) or [-1], dtype=mx.int32)
     sampling = (mx.array(max(temperature, 1e-30), mx.float32), mx.array(top_p, mx.float32), eos)
 
@@ -294,7 +298,7 @@ def _rollout(model, prompt_ids, group_size, max_tokens, temperature, top_p, top_
             keys = [_with_capacity(k, k.shape[2] + CAPACITY_BUCKET) for k in keys]
             values = [_with_capacity(v, v.shape[2] + CAPACITY_BUCKET) for v in values]
         tokens, logps, done, lengths, key, keys, values, slot = decoder.step(
-            tokens, keys, values, slot, row_pad, done, lengths, key, *sampling
+            tokens, keys, values, slot, row_pad, pad_start, done, lengths, key, *sampling
         )
         all_done.append(done.all())
         mx.async_eval(tokens, logps, all_done[-1], keys, values)

@@ -38,7 +38,7 @@ from mlx_grpo.episodes import Episodes, run_episodes
 from mlx_grpo.errors import UserError
 from mlx_grpo.evaluate import evaluate
 from mlx_grpo.grpo import batch_normalizer, compute_advantages, policy_loss
-from mlx_grpo.logprobs import left_pad, sequence_logprobs
+from mlx_grpo.logprobs import left_pad, sequence_logprobs, shared_prefix_length
 from mlx_grpo.model import add_lora, adapters_disabled, check_model_source, load_model
 from mlx_grpo.plots import plot_reward_accuracy
 from mlx_grpo.progress import StepProgress
@@ -131,7 +131,8 @@ class Trainer:
         """Log-probs [r, T] of a micro-batch's completion tokens under the current weights."""
         return sequence_logprobs(
             model, batch["prompts"], batch["prompt_pad"], batch["tokens"], batch["mask"],
-            temperature=self.config.temperature, prompt_index=batch["prompt_index"], differentiable=differentiable,
+            temperature=self.config.temperature, prompt_index=batch["prompt_index"], shared=batch["shared"],
+            differentiable=differentiable,
         )
 
     def _loss(self, model, batch, old_logps, ref_logps, advantages, normalizer):
@@ -151,15 +152,17 @@ class Trainer:
 
     def _micro_batches(self, episodes: Episodes) -> list[dict]:
         """Split the R rows into `grad_accumulation` micro-batches; each carries the distinct prompts
-        of its rows once (`prompts [b, P]`) and `prompt_index [r]` pointing into them."""
+        of its rows once (`prompts [b, P]`, their shared prefix in front) and `prompt_index [r]` pointing into them."""
         rollout, G = episodes.rollout, self.config.num_generations
         out = []
         for rows in np.array_split(np.arange(episodes.num_rows), self.config.grad_accumulation):
             groups, prompt_index = np.unique(rows // G, return_inverse=True)
-            prompts, prompt_pad = left_pad([rollout.prompt_ids[g] for g in groups])
+            ids = [rollout.prompt_ids[g] for g in groups]
+            shared = shared_prefix_length(ids)
+            prompts, prompt_pad = left_pad(ids, shared=shared)
             idx = mx.array(rows)
             out.append({
-                "rows": idx, "prompts": prompts, "prompt_pad": prompt_pad,
+                "rows": idx, "prompts": prompts, "prompt_pad": prompt_pad, "shared": shared,
                 "prompt_index": mx.array(prompt_index.astype(np.int32)),
                 # sampled tokens are data for the update, not a function of the weights
                 "tokens": mx.stop_gradient(rollout.tokens[idx]), "mask": mx.stop_gradient(rollout.mask[idx]),

@@ -5,7 +5,9 @@ import pytest
 from mlx.utils import tree_flatten, tree_map
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
-from mlx_grpo.logprobs import LeftPadCache, chunk_nbytes, hidden_states, left_pad, output_layer, sequence_logprobs
+from mlx_grpo.logprobs import (
+    PaddedCache, chunk_nbytes, hidden_states, left_pad, output_layer, sequence_logprobs, shared_prefix_length,
+)
 
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
 
@@ -31,6 +33,16 @@ def test_left_pad_layout():
     assert prompts.tolist() == [[5, 6, 7], [0, 0, 8]]
     assert pad.tolist() == [0, 2]
     assert prompts.dtype == mx.int32
+
+
+def test_shared_prefix_layout():
+    ids = [[5, 6, 7, 9], [5, 6, 8], [5, 6, 7]]
+    assert shared_prefix_length(ids) == 2
+    prompts, pad = left_pad(ids, shared=2)
+    assert prompts.tolist() == [[5, 6, 7, 9], [5, 6, 0, 8], [5, 6, 0, 7]] and pad.tolist() == [0, 1, 1]
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # each prompt keeps a token of its own
+    assert shared_prefix_length([[1, 2], [3, 2]]) == 0
+    assert shared_prefix_length([[1, 2, 3]]) == 0
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -91,7 +103,7 @@ def _lora(model):
 def _autodiff_reference(model, prompts, pad, tokens):
     """The same log-probs through full [R, T, V] logits and MLX's own autodiff."""
     P, T = prompts.shape[1], tokens.shape[1]
-    caches = [LeftPadCache(pad) for _ in model.layers]
+    caches = [PaddedCache(pad) for _ in model.layers]
     hidden = hidden_states(model, mx.concatenate([prompts, tokens[:, :-1]], axis=1), caches)[:, P - 1 :]
     logits = output_layer(model)[1](hidden).astype(mx.float32)  # [R, T, V]
     logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
@@ -165,3 +177,37 @@ def test_each_prompt_run_once_gives_the_same_logprobs_and_gradients(tiny_model):
     one_token = sequence_logprobs(model, unique, unique_pad, tokens[:, :1], prompt_index=index)
     np.testing.assert_allclose(np.array(one_token), np.array(sequence_logprobs(model, rows, rows_pad, tokens[:, :1])),
                                atol=1e-5)
+
+
+def test_shared_prefix_run_once_gives_the_same_logprobs_and_gradients(tiny_model):
+    """Prompts that start alike: the prefix run once, in front of the pad slots == every row padded in full."""
+    model = _lora(tiny_model[0])
+    model.update(tree_map(lambda p: p + 0.05, model.trainable_parameters()))
+    ids = [[5, 6, 7, 8, 9, 10, 11], [5, 6, 7, 8, 12], [5, 6, 7, 13, 14, 15]]  # shared prefix [5, 6, 7]
+    shared = shared_prefix_length(ids)
+    assert shared == 3
+    rng = np.random.default_rng(4)
+    tokens = mx.array(rng.integers(0, model.args.vocab_size, (3, 5)), dtype=mx.int32)
+    weights = mx.array(rng.normal(size=(3, 5)), dtype=mx.float32)
+
+    def value_and_grads(prompt_ids, **kw):
+        prompts, pad = left_pad(prompt_ids, shared=kw.get("shared", 0))
+
+        def loss(params):
+            model.update(params)
+            return (weights * sequence_logprobs(model, prompts, pad, tokens, chunk_size=8, **kw)).sum()
+
+        value, g = mx.value_and_grad(loss)(model.trainable_parameters())
+        return value.item(), dict(tree_flatten(g))
+
+    plain_value, plain = value_and_grads(ids)
+    index = mx.array([0, 1, 2], dtype=mx.int32)
+    for layout in ({"shared": shared}, {"shared": shared, "prompt_index": index}):
+        value, grads = value_and_grads(ids, **layout)
+        assert value == pytest.approx(plain_value, rel=1e-5)
+        for name in plain:
+            np.testing.assert_allclose(np.array(grads[name]), np.array(plain[name]), atol=1e-5, rtol=1e-4)
+    for r, prompt in enumerate(ids):  # and each row as one unpadded forward pass
+        prompts, pad = left_pad(ids, shared=shared)
+        got = sequence_logprobs(model, prompts, pad, tokens, shared=shared, differentiable=False)
+        np.testing.assert_allclose(np.array(got[r]), _reference(model, prompt, tokens[r].tolist()), atol=1e-5)

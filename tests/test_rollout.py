@@ -5,10 +5,14 @@ from mlx.utils import tree_map
 from mlx_lm.generate import generate_step
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
+from mlx_lm.tuner.lora import LoRALinear
+
 from mlx_grpo import rollout
 from mlx_grpo.logprobs import left_pad, sequence_logprobs
+from mlx_grpo.model import adapters_merged
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+PREFIXED = [[5, 6, 7, 8, 9, 10, 11], [5, 6, 7, 12, 13], [5, 6, 14, 15, 16, 17]]  # prefilled once: [5, 6]
 
 
 def _row_prompts(out: rollout.Rollout):
@@ -39,10 +43,10 @@ def _truncated_logprobs(logits, temperature, top_k, top_p):
         return np.log(p / p.sum())
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_sampled_logps_equal_a_full_forward_pass(tiny_model, temperature):
+@pytest.mark.parametrize("temperature, prompt_ids", [(1.0, PROMPTS), (0.7, PROMPTS), (1.0, PREFIXED)])
+def test_sampled_logps_equal_a_full_forward_pass(tiny_model, temperature, prompt_ids):
     model, _ = tiny_model
-    out = rollout.generate(model, PROMPTS, group_size=2, max_tokens=9, temperature=temperature, eos_ids=[], seed=1)
+    out = rollout.generate(model, prompt_ids, group_size=2, max_tokens=9, temperature=temperature, eos_ids=[], seed=1)
     assert out.tokens.shape == (6, 9) and out.tokens.dtype == mx.int32
     prompts, pad = _row_prompts(out)
     recomputed = sequence_logprobs(model, prompts, pad, out.tokens, out.mask, temperature=temperature)
@@ -94,12 +98,12 @@ def _greedy_reference(model, prompt, n):
     return [int(token) for token, _ in steps]
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1e-4])
-def test_greedy_equals_plain_mlx_lm_argmax_decoding(tiny_model, temperature):
+@pytest.mark.parametrize("temperature, prompt_ids", [(0.0, PROMPTS), (1e-4, PROMPTS), (0.0, PREFIXED)])
+def test_greedy_equals_plain_mlx_lm_argmax_decoding(tiny_model, temperature, prompt_ids):
     model, _ = tiny_model
-    out = rollout.generate(model, PROMPTS, group_size=2, max_tokens=12, temperature=temperature, eos_ids=[], seed=0)
+    out = rollout.generate(model, prompt_ids, group_size=2, max_tokens=12, temperature=temperature, eos_ids=[], seed=0)
     for r in range(6):
-        assert out.tokens[r].tolist() == _greedy_reference(model, PROMPTS[r // 2], 12)
+        assert out.tokens[r].tolist() == _greedy_reference(model, prompt_ids[r // 2], 12)
 
 
 def test_stop_token_is_kept_and_the_rest_is_padding(tiny_model):
@@ -169,6 +173,25 @@ def test_lora_model_and_weight_updates_are_seen_by_the_compiled_step(tiny_model)
     for m in lora:  # adapters off (the reference policy): a Python attribute the trace must not keep
         m.scale = 0.0
     assert check() != updated
+
+
+def test_adapters_merged_for_sampling_give_the_same_completions(tiny_model):
+    model, _ = tiny_model
+    model.freeze()
+    linear_to_lora_layers(model, len(model.layers), {"rank": 4, "scale": 10.0, "dropout": 0.0})
+    model.update(tree_map(lambda p: p + 0.05, model.trainable_parameters()))  # lora_b away from 0
+    n_lora = sum(isinstance(m, LoRALinear) for _, m in model.named_modules())
+    ids = mx.array([[5, 6, 7, 8]])
+    before = model(ids)
+    lora = rollout.generate(model, PREFIXED, group_size=2, max_tokens=8, eos_ids=[], seed=3)
+    with adapters_merged(model):
+        assert not any(isinstance(m, LoRALinear) for _, m in model.named_modules())
+        merged = rollout.generate(model, PREFIXED, group_size=2, max_tokens=8, eos_ids=[], seed=3)
+    assert merged.tokens.tolist() == lora.tokens.tolist()
+    np.testing.assert_allclose(np.array(merged.logps), np.array(lora.logps), atol=1e-5)
+    assert mx.array_equal(model(ids), before).item()  # adapters and base weights back as they were
+    with adapters_merged(model, max_bytes=0):  # a merged copy would not fit: left as it is
+        assert sum(isinstance(m, LoRALinear) for _, m in model.named_modules()) == n_lora
 
 
 def test_bad_arguments_raise(tiny_model):

@@ -73,6 +73,7 @@ def test_adapters_off_equal_the_base_model_after_training(tiny_model_path, tmp_p
     assert not np.allclose(np.array(trainer.model(ids)), want, atol=1e-4)
     with adapters_disabled(trainer.model):
         np.testing.assert_allclose(np.array(trainer.model(ids)), want, atol=1e-5)
+    assert not np.allclose(np.array(trainer.model(ids)), want, atol=1e-4)  # and back on after the block
 
 
 def test_resumed_run_ends_with_the_same_adapters(tiny_model_path, tmp_path, spaces):
