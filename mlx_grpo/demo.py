@@ -1,6 +1,6 @@
 """The offline demo: the bundled tiny model scored before and after a short GRPO run.
 
-    mlx-grpo demo               # about 10 minutes on 2 CPU cores; writes runs/demo
+    mlx-grpo demo               # about 6 minutes on 2 CPU cores; writes runs/demo
     mlx-grpo demo --quick       # a smoke run of a few seconds (a few steps, a few tasks)
 
 1. Baseline: greedy accuracy and format rate of the bundled model (weights/countdown-tiny) on
