@@ -6,6 +6,7 @@ Building takes ~30 ms; `mlx_lm.load` reads it offline like any Hugging Face fold
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,23 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def cli(monkeypatch, capfd):
+    """Run `mlx-grpo ARGS` through the real entry point (its error handling included); each call
+    returns (exit code, stdout, stderr)."""
+    from mlx_grpo.cli import main
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # a reward file a run imports leaves no __pycache__
+
+    def invoke(*args):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        out, err = capfd.readouterr()
+        return code, out, err
+
+    return invoke

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -20,7 +19,6 @@ import pytest
 from conftest import build_tiny
 from test_export import make_run
 
-import mlx_grpo.cli as cli_module
 from mlx_grpo.config import TrainConfig
 
 TASKS = "".join(json.dumps({"target": t, "nums": n}) + "\n" for t, n in
@@ -206,23 +204,6 @@ CASES = [
 ]
 
 
-@pytest.fixture
-def cli(monkeypatch, capfd):
-    """Run `mlx-grpo ARGV` through the real entry point; return (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # importing a reward file writes no __pycache__
-
-    def invoke(argv):
-        try:
-            cli_module.main(argv)
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out, err = capfd.readouterr()
-        return code, out, err
-
-    return invoke
-
-
 @pytest.mark.parametrize("argv, fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(workspace, cli, monkeypatch, tmp_path, argv, fragment):
     monkeypatch.chdir(workspace)
@@ -231,7 +212,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(workspace, cli, monkeyp
     monkeypatch.delenv("HF_TOKEN", raising=False)  # and no stored login:
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(workspace / "no_token"))
     before = tree_hash(workspace)
-    code, out, err = cli([a.replace("{ws}", str(workspace)).replace("{out}", str(tmp_path / "out")) for a in argv])
+    code, out, err = cli(*[a.replace("{ws}", str(workspace)).replace("{out}", str(tmp_path / "out")) for a in argv])
     assert code == 2, (code, out, err)
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err and fragment in err, err

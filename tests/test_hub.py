@@ -19,7 +19,6 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 from test_export import TOKENS, make_run, tree_hash
 
-import mlx_grpo.cli as cli_module
 import mlx_grpo.cli.hub  # noqa: F401  (registers push and fuse)
 from mlx_grpo.card import hub_id, model_card, read_metrics, summarize_metrics
 from mlx_grpo.config import TrainConfig
@@ -72,23 +71,6 @@ def hub(monkeypatch):
     monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kw: fake.create_repo(api, repo_id, **kw))
     monkeypatch.setattr(HfApi, "upload_folder", lambda api, **kw: fake.upload_folder(api, **kw))
     return fake
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run `mlx-grpo ARGS` through the real entry point (its error handling); return (code, out, err)."""
-    monkeypatch.setattr(cli_module, "_register", lambda: None)  # this feature's commands, imported above
-
-    def invoke(*args):
-        try:
-            cli_module.main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
 
 
 def logits_with_adapters(base, adapter_path) -> np.ndarray:

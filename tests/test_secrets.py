@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import httpx2
@@ -16,7 +15,6 @@ import pytest
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
-import mlx_grpo.cli as cli_module
 from mlx_grpo.errors import UserError
 from mlx_grpo.model import load_model
 
@@ -25,17 +23,10 @@ SPACES = "def spaces(completions, **kw):\n    return [c.count(' ') / max(len(c),
 
 
 @pytest.fixture
-def cli(monkeypatch, capfd):
-    """`mlx-grpo ARGS` through the real entry point; returns (exit code, stdout + stderr)."""
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)
-
+def cli(cli):
+    """conftest's `cli`, stdout and stderr together: a secret must be in neither."""
     def invoke(*args):
-        try:
-            cli_module.main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out, err = capfd.readouterr()
+        code, out, err = cli(*args)
         return code, out + err
 
     return invoke
