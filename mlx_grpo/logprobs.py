@@ -80,6 +80,12 @@ def left_pad(prompt_ids: list[list[int]], pad_id: int = 0, shared: int = 0) -> t
     return mx.array(rows, dtype=mx.int32), mx.array(pads, dtype=mx.int32)
 
 
+def pad_slots(columns: mx.array, pad_start, prompt_pad: mx.array) -> mx.array:
+    """`[N, S]` bool: True where key column `columns [S]` is one of row r's pad slots,
+    `[pad_start, pad_start + prompt_pad[r])` (the layout of `left_pad`)."""
+    return (columns >= pad_start) & (columns < pad_start + prompt_pad[:, None])
+
+
 class PaddedCache:
     """Stand-in for a KV cache during one pass over padded rows (one instance per layer).
 
@@ -108,7 +114,7 @@ class PaddedCache:
     def make_mask(self, N: int, **kwargs) -> mx.array:
         cols = mx.arange(self.start + N)  # key columns
         query = mx.arange(self.start, self.start + N)[:, None]  # [L, 1] column of each query
-        pad = (cols >= self.pad_start) & (cols < self.pad_start + self.prompt_pad[:, None, None])  # [N, 1, S + L]
+        pad = pad_slots(cols, self.pad_start, self.prompt_pad)[:, None]  # [N, 1, S + L]
         return ((cols <= query) & (~pad | (cols == query)))[:, None]  # [N, 1, L, S + L]
 
 

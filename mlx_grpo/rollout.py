@@ -43,7 +43,7 @@ from typing import Iterable, Optional
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_grpo.logprobs import hidden_states, left_pad, output_layer, prompt_pass, shared_prefix_length
+from mlx_grpo.logprobs import hidden_states, left_pad, output_layer, pad_slots, prompt_pass, shared_prefix_length
 
 CAPACITY_BUCKET = 32  # KV buffers grow by this many slots (one compile per capacity)
 CHECK_EVERY = 4  # decode steps between host checks of "every row stopped"
@@ -126,8 +126,7 @@ class _SlotCache:
 
     def make_mask(self, N: int, **kwargs) -> mx.array:
         slots = mx.arange(self.keys.shape[2])
-        pad = (slots >= self.pad_start) & (slots < self.pad_start + self.prompt_pad[:, None])  # [R, capacity]
-        visible = ~pad & (slots <= self.slot)
+        visible = ~pad_slots(slots, self.pad_start, self.prompt_pad) & (slots <= self.slot)  # [R, capacity]
         return visible[:, None, None, :]
 
 
