@@ -157,8 +157,7 @@ def lr_schedule(lr: float, steps: int, warmup: int, cooldown: int):
 
 
 def supervised_warm_start(model, tokenizer, *, steps: int, batch_size: int, lr: float, warmup: int, seed: int,
-                          exclude: set[Task], cooldown: int = 0, log_every: int = 25, probe=None,
-                          snapshot=None) -> list[dict]:
+                          exclude: set[Task], cooldown: int = 0, log_every: int = 25, probe=None) -> list[dict]:
     """AdamW on the completion-only loss for `steps` batches; returns the loss log.
 
     `probe(model) -> dict`, if given, is merged into each log line (e.g. a quick greedy accuracy).
@@ -182,8 +181,6 @@ def supervised_warm_start(model, tokenizer, *, steps: int, batch_size: int, lr: 
                         "cpu_s": round(time.process_time() - cpu_start, 1)})
             if probe is not None:
                 log[-1].update(probe(model))
-            if snapshot is not None:
-                snapshot(model, step)
             print(json.dumps(log[-1]), flush=True)
             running = []
     return log
