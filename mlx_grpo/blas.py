@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Optional, Sequence
 
 OPENBLAS_PATH = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"  # Debian libopenblas0-pthread
 OPT_OUT_VAR = "MLX_GRPO_NO_OPENBLAS"
@@ -36,7 +36,7 @@ def mlx_defaults_to_cpu() -> bool:
     return _installed("mlx-cpu") and not any(_installed(name) for name in _CUDA_DISTRIBUTIONS)
 
 
-def openblas_reexec_env(environ: Optional[dict] = None, library: str = OPENBLAS_PATH) -> Optional[dict]:
+def openblas_reexec_env(environ: dict | None = None, library: str = OPENBLAS_PATH) -> dict | None:
     """The environment to re-execute with, or None when the fast path does not apply.
 
     It applies on Linux, with MLX on the CPU, when `library` exists, is not already preloaded, the
@@ -58,7 +58,7 @@ def openblas_reexec_env(environ: Optional[dict] = None, library: str = OPENBLAS_
     return environ
 
 
-def maybe_reexec_with_openblas(argv: Optional[Sequence[str]] = None) -> None:
+def maybe_reexec_with_openblas(argv: Sequence[str] | None = None) -> None:
     """Re-execute this interpreter once with OpenBLAS preloaded, when that applies; else return.
 
     Call it first thing in a program's entry point, before any work is done.

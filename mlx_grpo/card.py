@@ -11,7 +11,6 @@ import json
 import re
 import shlex
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
@@ -29,7 +28,7 @@ _CACHED = re.compile(r"models--([\w.-]+?)--([\w.-]+)/snapshots/")
 _EVAL_KEYS = ("eval/accuracy", "eval/format_rate", "eval/completion_length")
 
 
-def hub_id(name: Optional[str]) -> Optional[str]:
+def hub_id(name: str | None) -> str | None:
     """The Hub repo id a model or dataset name refers to, or None for local files and "generate"."""
     if not name:
         return None
@@ -96,18 +95,21 @@ def model_card(run: Run, *, kind: str, repo: str, metrics: dict, plots: list[str
     """
     base = hub_id(run.base_model) or run.base_model
     front = yaml.safe_dump(card_metadata(run, kind), sort_keys=False, allow_unicode=True)
-    what = {"adapters": "LoRA adapters (mlx-lm format) for", "peft": "LoRA adapters (PEFT format) for",
-            "fused": "A fine-tune of"}[kind]
+    what = {
+        "adapters": "LoRA adapters (mlx-lm format) for",
+        "peft": "LoRA adapters (PEFT format) for",
+        "fused": "A fine-tune of",
+    }[kind]
     parts = [
         f"---\n{front}---\n",
         f"# {repo.rsplit('/', 1)[-1]}\n",
-        f"{what} `{base}`, trained with GRPO (Group Relative Policy Optimization) using "
-        "mlx-grpo (LoRA on MLX).\n",
+        f"{what} `{base}`, trained with GRPO (Group Relative Policy Optimization) using mlx-grpo (LoRA on MLX).\n",
         _results(metrics),
         _training(run, metrics),
         _usage(kind, repo, base, run.train_config),
         "## Training curves\n\n" + "".join(f"![{Path(p).stem.replace('_', ' ')}]({p})\n" for p in plots)
-        if plots else "",
+        if plots
+        else "",
     ]
     return "\n".join(p for p in parts if p)
 
@@ -159,7 +161,7 @@ def _training(run: Run, metrics: dict) -> str:
     return "\n".join(["## Training\n", "| setting | value |", "|---|---|", *rows]) + "\n" + note
 
 
-def _clip(config: dict) -> Optional[str]:
+def _clip(config: dict) -> str | None:
     low, high = config.get("epsilon"), config.get("epsilon_high")
     if low is None:
         return None
@@ -180,8 +182,10 @@ def _prompt_example(train_config: dict) -> tuple[str, str]:
     python = (
         f"messages = {json.dumps(messages, indent=4)}\n"
         "prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False"
-        + ("" if thinking else ", enable_thinking=False") + ")"
-        + (f" + {json.dumps(prefill)}" if prefill else "") + "\n"
+        + ("" if thinking else ", enable_thinking=False")
+        + ")"
+        + (f" + {json.dumps(prefill)}" if prefill else "")
+        + "\n"
     )
     return flags, python
 
@@ -199,27 +203,27 @@ def _usage(kind: str, repo: str, base: str, train_config: dict) -> str:
         return (
             f"## Use with transformers + peft\n\n{intro}```python\nfrom peft import PeftModel\n"
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-            f"tokenizer = AutoTokenizer.from_pretrained(\"{base}\")\n"
-            f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(\"{base}\"), \"{repo}\")\n"
-            f"{prompt}ids = tokenizer(prompt, return_tensors=\"pt\", add_special_tokens=False).input_ids\n"
+            f'tokenizer = AutoTokenizer.from_pretrained("{base}")\n'
+            f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), "{repo}")\n'
+            f'{prompt}ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids\n'
             f"print(tokenizer.decode(model.generate(ids, max_new_tokens={_max_tokens(train_config)})[0]))\n```\n\n"
             "The base must be the full-precision transformers checkpoint of the model the run trained on.\n"
         )
     if kind == "fused":
         return (
             f"## Use with mlx-lm\n\n{intro}```bash\npip install mlx-lm\nmlx_lm.generate --model {repo} {flags}\n```\n\n"
-            f"```python\nfrom mlx_lm import generate, load\n\nmodel, tokenizer = load(\"{repo}\")\n{prompt}{generate}"
+            f'```python\nfrom mlx_lm import generate, load\n\nmodel, tokenizer = load("{repo}")\n{prompt}{generate}'
         )
     # mlx-lm reads adapters from a local folder only: a Hub repo is downloaded first.
     on_hub = hub_id(repo) is not None
     local = repo.rsplit("/", 1)[-1] if on_hub else repo
     fetch = f"hf download {repo} --local-dir {local}\n" if on_hub else ""
     imports = "from huggingface_hub import snapshot_download\n" if on_hub else ""
-    adapter_path = f"snapshot_download(\"{repo}\")" if on_hub else json.dumps(repo)
+    adapter_path = f'snapshot_download("{repo}")' if on_hub else json.dumps(repo)
     return (
         f"## Use with mlx-lm\n\n{intro}```bash\npip install mlx-lm\n{fetch}"
         f"mlx_lm.generate --model {base} --adapter-path {local} {flags}\n```\n\n"
         f"```python\n{imports}from mlx_lm import generate, load\n\n"
-        f"model, tokenizer = load(\"{base}\", adapter_path={adapter_path})\n{prompt}{generate}\n"
+        f'model, tokenizer = load("{base}", adapter_path={adapter_path})\n{prompt}{generate}\n'
         f"To merge the adapters into the base: `mlx_lm.fuse --model {base} --adapter-path {local}`.\n"
     )

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
@@ -56,7 +55,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
     checkpoints = list_checkpoints(run_dir)
     return checkpoints[-1] if checkpoints else None
 
@@ -129,7 +128,7 @@ def load_checkpoint(checkpoint: Path, model, optimizer) -> dict:
     return state
 
 
-def prepare_run_dir(run_dir: str | Path, config_dict: dict, *, resume: bool, overwrite: bool) -> Optional[Path]:
+def prepare_run_dir(run_dir: str | Path, config_dict: dict, *, resume: bool, overwrite: bool) -> Path | None:
     """Check what the output folder holds before anything is written.
 
     Returns the checkpoint to resume from (None for a fresh run).
@@ -153,7 +152,9 @@ def prepare_run_dir(run_dir: str | Path, config_dict: dict, *, resume: bool, ove
         _check_writable(run_dir)
         return checkpoint
     if has_run and not overwrite:
-        raise UserError(f"output dir {run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        raise UserError(
+            f"output dir {run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
+        )
     if run_dir.is_dir() and not has_run and any(run_dir.iterdir()):
         raise UserError(f"output dir {run_dir} is not empty and does not hold a run; choose another --output-dir")
     _check_writable(run_dir)
@@ -174,7 +175,14 @@ def _check_writable(run_dir: Path) -> None:
 def clear_run_dir(run_dir: str | Path) -> None:
     """Remove a previous run's files (for --overwrite), after every check has passed."""
     run_dir = Path(run_dir)
-    for name in RUN_FILES + ("completions.jsonl", ADAPTER_CONFIG, "plots", "summary.json", "tensorboard", "report.html"):
+    for name in RUN_FILES + (
+        "completions.jsonl",
+        ADAPTER_CONFIG,
+        "plots",
+        "summary.json",
+        "tensorboard",
+        "report.html",
+    ):
         target = run_dir / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -183,8 +191,18 @@ def clear_run_dir(run_dir: str | Path) -> None:
 
 
 # Settings that may change on resume without changing what the run computes so far.
-_RESUMABLE_CHANGES = {"max_steps", "output_dir", "eval_every", "save_every", "log_completions_every", "report_to",
-                      "push_to_hub", "max_memory", "max_bad_steps", "eval_samples"}
+_RESUMABLE_CHANGES = {
+    "max_steps",
+    "output_dir",
+    "eval_every",
+    "save_every",
+    "log_completions_every",
+    "report_to",
+    "push_to_hub",
+    "max_memory",
+    "max_bad_steps",
+    "eval_samples",
+}
 
 
 def _check_same_run(run_dir: Path, config_dict: dict) -> None:
@@ -197,4 +215,6 @@ def _check_same_run(run_dir: Path, config_dict: dict) -> None:
         raise UserError(f"{saved_path} is not valid JSON; cannot check that --resume continues the same run") from None
     changed = sorted(k for k, v in config_dict.items() if k not in _RESUMABLE_CHANGES and saved.get(k, v) != v)
     if changed:
-        raise UserError(f"output dir {run_dir} holds a different run (changed: {', '.join(changed)}); use another --output-dir")
+        raise UserError(
+            f"output dir {run_dir} holds a different run (changed: {', '.join(changed)}); use another --output-dir"
+        )

@@ -13,7 +13,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from mlx_grpo.errors import UserError
 
@@ -43,7 +43,7 @@ def memory_bytes(text: str) -> int:
 class TrainConfig:
     # --- model -----------------------------------------------------------------------------
     model: str = "Qwen/Qwen3-0.6B"  # hub id or local path, loaded by mlx_lm.load
-    quantize: Optional[int] = None  # 4 or 8: quantize the base on load (QLoRA)
+    quantize: int | None = None  # 4 or 8: quantize the base on load (QLoRA)
     dtype: str = "auto"  # auto: float32 on CPU (bf16 matmul is slow there), stored dtype elsewhere
     trust_remote_code: bool = False
     # --- data ------------------------------------------------------------------------------
@@ -65,7 +65,7 @@ class TrainConfig:
     scale_rewards: str = "group"
     beta: float = 0.0  # β: KL weight; 0 skips the reference pass entirely
     epsilon: float = 0.2  # ε_low
-    epsilon_high: Optional[float] = None  # ε_high (DAPO clip-higher); None: same as epsilon
+    epsilon_high: float | None = None  # ε_high (DAPO clip-higher); None: same as epsilon
     num_iterations: int = 1  # μ: updates per batch of generations
     # --- optimisation ----------------------------------------------------------------------
     learning_rate: float = 5e-5  # LoRA wants 10-100x a full fine-tune's rate
@@ -86,9 +86,9 @@ class TrainConfig:
     save_every: int = 50
     log_completions_every: int = 10
     max_bad_steps: int = 5  # consecutive non-finite updates before the run stops
-    max_memory: Optional[str] = None  # e.g. "12GB": Metal memory limit; no-op elsewhere
-    report_to: Optional[str] = None  # tensorboard | wandb
-    push_to_hub: Optional[str] = None  # USER/NAME to upload the adapters to at the end
+    max_memory: str | None = None  # e.g. "12GB": Metal memory limit; no-op elsewhere
+    report_to: str | None = None  # tensorboard | wandb
+    push_to_hub: str | None = None  # USER/NAME to upload the adapters to at the end
 
     def __post_init__(self):
         _coerce_types(self)
@@ -96,7 +96,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.num_generations >= 2, "num_generations must be at least 2 (GRPO compares completions within a group)"),
+            (
+                self.num_generations >= 2,
+                "num_generations must be at least 2 (GRPO compares completions within a group)",
+            ),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.max_completion_length >= 1, "max_completion_length must be positive"),
             (self.max_steps >= 1, "max_steps must be positive"),
@@ -108,10 +111,19 @@ class TrainConfig:
             (0 <= self.epsilon < 1, "epsilon must be in [0, 1)"),
             (self.epsilon_high is None or self.epsilon_high >= 0, "epsilon_high must be >= 0"),
             (self.num_iterations >= 1, "num_iterations must be at least 1"),
-            (self.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)} (got {self.loss_type!r})"),
-            (self.scale_rewards in SCALE_REWARDS, f"scale_rewards must be one of {', '.join(SCALE_REWARDS)} (got {self.scale_rewards!r})"),
+            (
+                self.loss_type in LOSS_TYPES,
+                f"loss_type must be one of {', '.join(LOSS_TYPES)} (got {self.loss_type!r})",
+            ),
+            (
+                self.scale_rewards in SCALE_REWARDS,
+                f"scale_rewards must be one of {', '.join(SCALE_REWARDS)} (got {self.scale_rewards!r})",
+            ),
             (self.quantize in (None, 4, 8), "quantize must be 4 or 8"),
-            (self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype must be auto, float32, bfloat16 or float16"),
+            (
+                self.dtype in ("auto", "float32", "bfloat16", "float16"),
+                "dtype must be auto, float32, bfloat16 or float16",
+            ),
             (self.num_samples >= 1, "num_samples must be positive"),
             (0 < self.test_size < 1, "test_size must be a fraction in (0, 1)"),
             (self.lora_rank >= 1, "lora_rank must be positive"),
@@ -119,8 +131,10 @@ class TrainConfig:
             (0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)"),
             (self.lora_layers == -1 or self.lora_layers >= 1, "lora_layers must be -1 (all) or positive"),
             (self.grad_accumulation >= 1, "grad_accumulation must be at least 1"),
-            ((self.batch_size * self.num_generations) % self.grad_accumulation == 0,
-             "grad_accumulation must divide batch_size * num_generations"),
+            (
+                (self.batch_size * self.num_generations) % self.grad_accumulation == 0,
+                "grad_accumulation must divide batch_size * num_generations",
+            ),
             (self.max_grad_norm > 0, "max_grad_norm must be positive"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
@@ -148,7 +162,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -237,7 +251,9 @@ def read_config_file(path: str | Path) -> dict:
     return data
 
 
-def build_config(config_file: str | Path | None = None, overrides: dict | None = None, base: dict | None = None) -> TrainConfig:
+def build_config(
+    config_file: str | Path | None = None, overrides: dict | None = None, base: dict | None = None
+) -> TrainConfig:
     """Defaults, then `base` (e.g. a bundled preset), then the file, then command-line overrides.
 
     Overrides whose value is None were not given on the command line and do not count.

@@ -18,7 +18,6 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from mlx_grpo.countdown.generator import generate_tasks
 from mlx_grpo.countdown.tasks import Task
@@ -32,8 +31,18 @@ EVAL_TASKS = 1000
 REAL_TASKS = 2000  # all rows of the sample file
 MAX_TOKENS = 64  # worked solutions are at most ~53 tokens with the bundled tokenizer
 # --quick: a few steps on a few tasks, to check the whole path end to end (tests, CI).
-QUICK = dict(eval_tasks=16, real_tasks=16, train={"max_steps": 2, "batch_size": 2, "num_generations": 2,
-                                                   "eval_every": 0, "eval_samples": 4, "num_samples": 64})
+QUICK = dict(
+    eval_tasks=16,
+    real_tasks=16,
+    train={
+        "max_steps": 2,
+        "batch_size": 2,
+        "num_generations": 2,
+        "eval_every": 0,
+        "eval_samples": 4,
+        "num_samples": 64,
+    },
+)
 
 
 @dataclass
@@ -41,7 +50,7 @@ class DemoOptions:
     model: str = str(BUNDLED_MODEL)
     output_dir: str = "runs/demo"
     seed: int = 0
-    max_steps: Optional[int] = None  # None: the preset's
+    max_steps: int | None = None  # None: the preset's
     eval_tasks: int = EVAL_TASKS
     real_tasks: int = REAL_TASKS
     real_rows: str = str(REAL_ROWS)
@@ -59,8 +68,9 @@ def eval_sets(options: DemoOptions) -> dict[str, list[Task]]:
     """Name -> tasks: the generated held-out tasks, and the first real rows when the file exists."""
     from mlx_grpo.countdown.data import read_tasks
 
-    eval_tasks, real_tasks = (QUICK["eval_tasks"], QUICK["real_tasks"]) if options.quick else (
-        options.eval_tasks, options.real_tasks)
+    eval_tasks, real_tasks = (
+        (QUICK["eval_tasks"], QUICK["real_tasks"]) if options.quick else (options.eval_tasks, options.real_tasks)
+    )
     sets = {f"generated, seed {EVAL_SEED}": held_out_tasks(EVAL_SEED, eval_tasks)}
     if real_tasks and Path(options.real_rows).is_file():
         sets[f"real rows, {Path(options.real_rows).name}"] = read_tasks(options.real_rows)[:real_tasks]
@@ -72,8 +82,12 @@ def train_config(options: DemoOptions):
     from mlx_grpo.config import build_config
     from mlx_grpo.presets import preset_for_model
 
-    overrides = {"model": options.model, "output_dir": options.output_dir, "seed": options.seed,
-                 "max_steps": options.max_steps}
+    overrides = {
+        "model": options.model,
+        "output_dir": options.output_dir,
+        "seed": options.seed,
+        "max_steps": options.max_steps,
+    }
     if options.quick:
         overrides.update(QUICK["train"])
     return build_config(None, overrides, base=preset_for_model(options.model))
@@ -86,8 +100,16 @@ def score(model_path: str, sets: dict[str, list[Task]], config, *, adapter_path=
 
     model, tokenizer = load_model(model_path, adapter_path=adapter_path)
     return {
-        name: evaluate(model, tokenizer, tasks, max_tokens=config.max_completion_length, batch_size=64,
-                       enable_thinking=config.enable_thinking, prefill=config.prefill, progress=progress)
+        name: evaluate(
+            model,
+            tokenizer,
+            tasks,
+            max_tokens=config.max_completion_length,
+            batch_size=64,
+            enable_thinking=config.enable_thinking,
+            prefill=config.prefill,
+            progress=progress,
+        )
         for name, tasks in sets.items()
     }
 
@@ -114,14 +136,20 @@ def run_demo(options: DemoOptions, echo=print) -> dict:
     sets = eval_sets(options)
     echo(f"[1/3] baseline: {options.model} on " + ", ".join(f"{len(t)} {n}" for n, t in sets.items()))
     before = score(options.model, sets, config, progress=options.progress)
-    echo(f"[2/3] GRPO: {config.max_steps} steps x {config.batch_size} prompts x {config.num_generations} "
-         f"completions, LoRA rank {config.lora_rank}, lr {config.learning_rate:g} -> {run_dir}")
+    echo(
+        f"[2/3] GRPO: {config.max_steps} steps x {config.batch_size} prompts x {config.num_generations} "
+        f"completions, LoRA rank {config.lora_rank}, lr {config.learning_rate:g} -> {run_dir}"
+    )
     summary = train(config, overwrite=options.overwrite, progress=options.progress)
     echo("[3/3] after training")
     after = score(options.model, sets, config, adapter_path=str(run_dir), progress=options.progress)
     result = {
-        "model": options.model, "seed": options.seed, "steps": summary.get("step"),
-        "wall_s": round(time.time() - start, 1), "before": before, "after": after,
+        "model": options.model,
+        "seed": options.seed,
+        "steps": summary.get("step"),
+        "wall_s": round(time.time() - start, 1),
+        "before": before,
+        "after": after,
         "plot": str(run_dir / "plots" / "reward_accuracy.png"),
     }
     (run_dir / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -137,10 +165,14 @@ def format_results(result: dict) -> str:
         gain = f"{100 * (after['accuracy'] - before['accuracy']):+.1f} points"
         if before["accuracy"]:
             gain += f", {after['accuracy'] / before['accuracy']:.1f}x"
-        rows.append((f"{name} [{before['num_tasks']}]",
-                     f"{before['accuracy']:.3f} -> {after['accuracy']:.3f} ({gain})",
-                     f"{before['format_rate']:.3f} -> {after['format_rate']:.3f}",
-                     f"{before['equation_rate']:.3f} -> {after['equation_rate']:.3f}"))
+        rows.append(
+            (
+                f"{name} [{before['num_tasks']}]",
+                f"{before['accuracy']:.3f} -> {after['accuracy']:.3f} ({gain})",
+                f"{before['format_rate']:.3f} -> {after['format_rate']:.3f}",
+                f"{before['equation_rate']:.3f} -> {after['equation_rate']:.3f}",
+            )
+        )
     width = max(len(r[0]) for r in rows) + 2
     lines = [f"{a:<{width}}{b:<40}{c:<18}{d}" for a, b, c, d in rows]
     lines.append(f"plot: {result['plot']}   time: {result['wall_s'] / 60:.1f} min")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import mlx.core as mx
 
@@ -43,7 +42,9 @@ class Episodes:
         return self.prompts[row // self.group_size]
 
 
-def encode_prompts(tokenizer, tasks: list[Task], *, enable_thinking: bool, prefill: str) -> tuple[list[Prompt], list[list[int]]]:
+def encode_prompts(
+    tokenizer, tasks: list[Task], *, enable_thinking: bool, prefill: str
+) -> tuple[list[Prompt], list[list[int]]]:
     prompts = [build_prompt(tokenizer, t, enable_thinking=enable_thinking, prefill=prefill) for t in tasks]
     ids = [tokenizer.encode(p.text, add_special_tokens=False) for p in prompts]
     return prompts, ids
@@ -69,10 +70,10 @@ def run_episodes(
     temperature: float = 1.0,
     top_p: float = 1.0,
     top_k: int = 0,
-    reward_set: Optional[RewardSet] = None,
+    reward_set: RewardSet | None = None,
     enable_thinking: bool = True,
     prefill: str = "",
-    seed: Optional[int] = None,
+    seed: int | None = None,
 ) -> Episodes:
     """Sample `group_size` completions per task and score them.
 
@@ -82,8 +83,15 @@ def run_episodes(
     prompts, prompt_ids = encode_prompts(tokenizer, tasks, enable_thinking=enable_thinking, prefill=prefill)
     with adapters_merged(model):  # small models: LoRA's extra ops are ~7% of sampling
         rollout = generate(
-            model, prompt_ids, group_size=group_size, max_tokens=max_tokens, temperature=temperature,
-            top_p=top_p, top_k=top_k, eos_ids=sorted(tokenizer.eos_token_ids), seed=seed,
+            model,
+            prompt_ids,
+            group_size=group_size,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            eos_ids=sorted(tokenizer.eos_token_ids),
+            seed=seed,
         )
         mx.eval(rollout.tokens, rollout.logps)
     sampled = time.perf_counter()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from tqdm import tqdm
 
 from mlx_grpo.countdown.expr import equation_value, extract_equation
@@ -24,7 +22,7 @@ def evaluate(
     prefill: str = "",
     seed: int = 0,
     progress: bool = False,
-    samples: Optional[list] = None,
+    samples: list | None = None,
 ) -> dict:
     """Score `tasks` with greedy decoding (and `pass_k` sampled tries when pass_k > 1).
 
@@ -40,13 +38,14 @@ def evaluate(
     solved_by_sampling = 0
     batches = range(0, len(tasks), batch_size)
     for start in tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False):
-        chunk = tasks[start:start + batch_size]
+        chunk = tasks[start : start + batch_size]
         common = dict(max_tokens=max_tokens, enable_thinking=enable_thinking, prefill=prefill)
         greedy = run_episodes(model, tokenizer, chunk, group_size=1, temperature=0.0, seed=seed + start, **common)
         correct += sum(greedy.correct)
         well_formed += sum(greedy.well_formed)
-        equations += sum(equation_value(extract_equation(c) or "", t.nums) is not None
-                         for t, c in zip(chunk, greedy.completions))
+        equations += sum(
+            equation_value(extract_equation(c) or "", t.nums) is not None for t, c in zip(chunk, greedy.completions)
+        )
         length += int(greedy.rollout.lengths.sum().item())
         if samples is not None:
             samples.extend(
@@ -54,9 +53,10 @@ def evaluate(
                 for t, c, ok in zip(chunk, greedy.completions, greedy.correct)
             )
         if pass_k > 1:
-            sampled = run_episodes(model, tokenizer, chunk, group_size=pass_k, temperature=temperature,
-                                   seed=seed + start + 1, **common)
-            hits = [any(sampled.correct[i * pass_k:(i + 1) * pass_k]) for i in range(len(chunk))]
+            sampled = run_episodes(
+                model, tokenizer, chunk, group_size=pass_k, temperature=temperature, seed=seed + start + 1, **common
+            )
+            hits = [any(sampled.correct[i * pass_k : (i + 1) * pass_k]) for i in range(len(chunk))]
             solved_by_sampling += sum(hits)
     n = max(len(tasks), 1)
     result = {

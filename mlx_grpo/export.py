@@ -20,7 +20,6 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import mlx.core as mx
 
@@ -47,7 +46,7 @@ class Run:
     base_model: str = ""  # hub id or local path the adapters belong to
 
 
-def read_run(run_dir: str | Path, *, model: Optional[str] = None) -> Run:
+def read_run(run_dir: str | Path, *, model: str | None = None) -> Run:
     """Read a run directory written by `mlx-grpo train` (or any mlx-lm adapter folder).
 
     Args:
@@ -90,7 +89,7 @@ def fuse_into_model(
     run: Run,
     dest: Path,
     *,
-    quantize: Optional[int] = None,
+    quantize: int | None = None,
     dequantize: bool = False,
     trust_remote_code: bool = False,
 ) -> None:

@@ -26,8 +26,6 @@ Shapes: R = rows (completions) in the call, T = padded completion length.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import mlx.core as mx
 
 _STD_EPS = 1e-4
@@ -72,13 +70,13 @@ def policy_loss(
     advantages: mx.array,
     mask: mx.array,
     *,
-    ref_logps: Optional[mx.array] = None,
+    ref_logps: mx.array | None = None,
     beta: float = 0.0,
     epsilon_low: float = 0.2,
-    epsilon_high: Optional[float] = None,
+    epsilon_high: float | None = None,
     loss_type: str = "dapo",
-    max_completion_length: Optional[int] = None,
-    normalizer: Optional[mx.array] = None,
+    max_completion_length: int | None = None,
+    normalizer: mx.array | None = None,
 ) -> tuple[mx.array, dict]:
     """The clipped GRPO objective, negated (to minimise), with its diagnostics.
 
@@ -151,7 +149,7 @@ def _aggregate(per_token, mask, loss_type, max_completion_length, normalizer):
     raise ValueError(f"unknown loss_type {loss_type!r}")
 
 
-def batch_normalizer(mask: mx.array, loss_type: str, max_completion_length: Optional[int] = None):
+def batch_normalizer(mask: mx.array, loss_type: str, max_completion_length: int | None = None):
     """The denominator `policy_loss` uses for the whole batch `mask [R, T]`, to pass to each of its
     micro-batches so that their gradients add up to the full-batch gradient exactly."""
     if loss_type == "grpo":

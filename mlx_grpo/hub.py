@@ -17,7 +17,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from mlx_grpo import __version__
 from mlx_grpo.card import model_card, read_metrics, summarize_metrics
@@ -36,10 +35,10 @@ class PushResult:
     url: str
     files: list[str]
     uploaded: bool
-    folder: Optional[Path] = None  # kept for a dry run; removed after a real upload
+    folder: Path | None = None  # kept for a dry run; removed after a real upload
 
 
-def check_options(*, fuse: bool, quantize: Optional[int], fmt: str, dequantize: bool = False) -> None:
+def check_options(*, fuse: bool, quantize: int | None, fmt: str, dequantize: bool = False) -> None:
     """Reject option combinations that mean nothing, before any model is loaded."""
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
@@ -70,7 +69,7 @@ def stage_run(
     *,
     repo: str,
     fuse: bool = False,
-    quantize: Optional[int] = None,
+    quantize: int | None = None,
     dequantize: bool = False,
     fmt: str = "mlx",
     trust_remote_code: bool = False,
@@ -117,11 +116,11 @@ def push_run(
     *,
     private: bool = False,
     fuse: bool = False,
-    quantize: Optional[int] = None,
+    quantize: int | None = None,
     fmt: str = "mlx",
     dry_run: bool = False,
-    token: Optional[str] = None,
-    model: Optional[str] = None,
+    token: str | None = None,
+    model: str | None = None,
     dequantize: bool = False,
     trust_remote_code: bool = False,
 ) -> PushResult:
@@ -146,8 +145,16 @@ def push_run(
     staged = Path(tempfile.mkdtemp(prefix="mlx-grpo-push-"))
     keep = False
     try:
-        files = stage_run(run, staged, repo=repo_id, fuse=fuse, quantize=quantize, dequantize=dequantize,
-                          fmt=fmt, trust_remote_code=trust_remote_code)
+        files = stage_run(
+            run,
+            staged,
+            repo=repo_id,
+            fuse=fuse,
+            quantize=quantize,
+            dequantize=dequantize,
+            fmt=fmt,
+            trust_remote_code=trust_remote_code,
+        )
         if token:
             _check_token_absent(staged, token)
         if dry_run:
@@ -165,9 +172,9 @@ def export_run(
     output: str | Path,
     *,
     overwrite: bool = False,
-    model: Optional[str] = None,
+    model: str | None = None,
     fuse: bool = False,
-    quantize: Optional[int] = None,
+    quantize: int | None = None,
     dequantize: bool = False,
     fmt: str = "mlx",
     trust_remote_code: bool = False,
@@ -185,8 +192,16 @@ def export_run(
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     try:
-        files = stage_run(run, partial, repo=str(output), fuse=fuse, quantize=quantize, dequantize=dequantize,
-                          fmt=fmt, trust_remote_code=trust_remote_code)
+        files = stage_run(
+            run,
+            partial,
+            repo=str(output),
+            fuse=fuse,
+            quantize=quantize,
+            dequantize=dequantize,
+            fmt=fmt,
+            trust_remote_code=trust_remote_code,
+        )
         if output.exists():
             old = output.with_name(f".{output.name}.old-{os.getpid()}")
             output.rename(old)
@@ -214,7 +229,7 @@ def _check_output(output: Path, run: Run, overwrite: bool) -> None:
 # --- the network boundary ------------------------------------------------------------------------
 
 
-def _resolve_token(token: Optional[str], *, required: bool) -> Optional[str]:
+def _resolve_token(token: str | None, *, required: bool) -> str | None:
     """The given token, else huggingface_hub's own lookup (HF_TOKEN, then the stored login)."""
     from huggingface_hub import get_token
 
@@ -237,7 +252,7 @@ def _check_token_absent(folder: Path, token: str, chunk: int = 1 << 20) -> None:
             while block := f.read(chunk):  # chunked: a fused model can be larger than memory
                 if needle in tail + block:
                     raise UserError(f"refusing to upload: {name} contains the Hugging Face token")
-                tail = block[-len(needle):]
+                tail = block[-len(needle) :]
 
 
 def _upload(folder: Path, repo_id: str, *, private: bool, token: str) -> str:
@@ -247,14 +262,18 @@ def _upload(folder: Path, repo_id: str, *, private: bool, token: str) -> str:
     api = HfApi(token=token, library_name="mlx-grpo", library_version=__version__)
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                          commit_message="Upload GRPO-trained model with mlx-grpo")
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message="Upload GRPO-trained model with mlx-grpo",
+        )
     except (HTTPError, OSError, HFValidationError) as e:  # HTTP status, transport, offline mode
         raise UserError(hub_error_message(e, repo_id, token)) from None
     return f"{api.endpoint.rstrip('/')}/{repo_id}"
 
 
-def hub_error_message(error: Exception, repo_id: str, token: Optional[str]) -> str:
+def hub_error_message(error: Exception, repo_id: str, token: str | None) -> str:
     """One line saying what went wrong with the Hub and what to do, with no credential in it."""
     from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
@@ -275,7 +294,7 @@ def hub_error_message(error: Exception, repo_id: str, token: Optional[str]) -> s
     return f"upload to {repo_id} failed: {scrub(what, token)[:400]} (the run directory was not changed)"
 
 
-def scrub(text: str, token: Optional[str]) -> str:
+def scrub(text: str, token: str | None) -> str:
     """`text` with the token, and anything shaped like a Hub token, masked."""
     if token:
         text = text.replace(token, "***")

@@ -38,7 +38,7 @@ frozen when differentiating.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -96,8 +96,9 @@ class PaddedCache:
     for every row). Keeps all the keys/values it saw, which a later pass or `rollout` continues from.
     """
 
-    def __init__(self, prompt_pad: mx.array, pad_start: int = 0, keys: Optional[mx.array] = None,
-                 values: Optional[mx.array] = None):
+    def __init__(
+        self, prompt_pad: mx.array, pad_start: int = 0, keys: mx.array | None = None, values: mx.array | None = None
+    ):
         self.prompt_pad, self.pad_start = prompt_pad, pad_start  # [N], int
         self.keys, self.values = keys, values
         self.start = 0 if keys is None else keys.shape[2]  # column of the pass's first token
@@ -233,12 +234,12 @@ def sequence_logprobs(
     prompts: mx.array,
     prompt_pad: mx.array,
     tokens: mx.array,
-    mask: Optional[mx.array] = None,
+    mask: mx.array | None = None,
     *,
     temperature: float = 1.0,
     chunk_size: int = 128,
     differentiable: bool = True,
-    prompt_index: Optional[mx.array] = None,
+    prompt_index: mx.array | None = None,
     shared: int = 0,
 ) -> mx.array:
     """Per-token log-probs of completion tokens under `model`, differentiable w.r.t. its parameters.

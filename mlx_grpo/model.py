@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -33,10 +33,10 @@ def _looks_like_hub_id(name: str) -> bool:
 def load_model(
     name: str,
     *,
-    quantize: Optional[int] = None,
+    quantize: int | None = None,
     dtype: str = "auto",
     trust_remote_code: bool = False,
-    adapter_path: Optional[str] = None,
+    adapter_path: str | None = None,
 ):
     """Load `(model, tokenizer)` with `mlx_lm.load` from a local folder or a Hub id.
 
@@ -141,7 +141,9 @@ def lora_keys(model: nn.Module) -> list[str]:
     return sorted(keys)
 
 
-def add_lora(model: nn.Module, *, rank: int, scale: float, dropout: float = 0.0, num_layers: int = -1, seed: int = 0) -> dict:
+def add_lora(
+    model: nn.Module, *, rank: int, scale: float, dropout: float = 0.0, num_layers: int = -1, seed: int = 0
+) -> dict:
     """Freeze the model and wrap its linear layers with mlx-lm LoRA layers; return adapter_config.
 
     `num_layers` = -1 adapts every transformer block, N the last N. lora_b starts at zero, so the
@@ -190,8 +192,11 @@ def adapters_merged(model: nn.Module, max_bytes: int = MERGE_MAX_BYTES) -> Itera
     """
     from mlx_lm.tuner.lora import LoRALinear
 
-    lora = [(name, m, m.linear.weight) for name, m in model.named_modules()
-            if isinstance(m, LoRALinear) and isinstance(m.linear, nn.Linear)]
+    lora = [
+        (name, m, m.linear.weight)
+        for name, m in model.named_modules()
+        if isinstance(m, LoRALinear) and isinstance(m.linear, nn.Linear)
+    ]
     if not lora or sum(w.nbytes for _, _, w in lora) > max_bytes:
         yield model
         return

@@ -8,8 +8,8 @@ loads the result with no custom code.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map
@@ -38,7 +38,7 @@ def qwen3_config(
     intermediate_size: int = 128,
     num_attention_heads: int = 4,
     num_key_value_heads: int = 2,
-    head_dim: Optional[int] = None,
+    head_dim: int | None = None,
     vocab_size: int = 512,
     tie_word_embeddings: bool = True,
     max_position_embeddings: int = 4096,
@@ -68,7 +68,7 @@ def qwen3_config(
     }
 
 
-def init_qwen3(config: dict, seed: int = 0, std: float = 0.02, embed_std: Optional[float] = None):
+def init_qwen3(config: dict, seed: int = 0, std: float = 0.02, embed_std: float | None = None):
     """A Qwen3 `mlx_lm` model with N(0, std) weights (norms at 1), as Hugging Face initialises.
 
     `embed_std` sets the embedding's own std. With tied embeddings and a final RMSNorm, the logits
@@ -79,9 +79,7 @@ def init_qwen3(config: dict, seed: int = 0, std: float = 0.02, embed_std: Option
 
     mx.random.seed(seed)
     model = qwen3.Model(qwen3.ModelArgs.from_dict(config))
-    params = tree_map(
-        lambda p: mx.ones_like(p) if p.ndim == 1 else std * mx.random.normal(p.shape), model.parameters()
-    )
+    params = tree_map(lambda p: mx.ones_like(p) if p.ndim == 1 else std * mx.random.normal(p.shape), model.parameters())
     if embed_std is not None:
         embed = params["model"]["embed_tokens"]
         embed["weight"] = embed_std * mx.random.normal(embed["weight"].shape)
@@ -153,7 +151,13 @@ def save_tokenizer(tokenizer, path: str | Path, model_max_length: int = 4096) ->
 
 
 def build_tiny_model(
-    path: str | Path, corpus: Iterable[str], *, seed: int = 0, vocab_size: int = 512, embed_std: Optional[float] = None, **shape
+    path: str | Path,
+    corpus: Iterable[str],
+    *,
+    seed: int = 0,
+    vocab_size: int = 512,
+    embed_std: float | None = None,
+    **shape,
 ) -> Path:
     """Tokenizer + random-weight Qwen3 model in one folder that `mlx_lm.load` reads offline."""
     tokenizer = train_tokenizer(corpus, vocab_size=vocab_size)

@@ -60,15 +60,22 @@ def plot_reward(rows: list[dict], path: str | Path) -> Path:
 def plot_accuracy(rows: list[dict], path: str | Path) -> Path:
     """Accuracy on each training batch (line) and on the held-out split (points)."""
     lines = [("train batch", series(rows, "accuracy"))]
-    return _draw(path, "Accuracy", "fraction correct", lines,
-                 points=[("held-out", series(rows, "eval/accuracy"))], rate=True)
+    return _draw(
+        path, "Accuracy", "fraction correct", lines, points=[("held-out", series(rows, "eval/accuracy"))], rate=True
+    )
 
 
 def plot_format_rate(rows: list[dict], path: str | Path) -> Path:
     """Fraction of completions whose format reward is 1, on training batches and held out."""
     lines = [("train batch", series(rows, "format_rate"))]
-    return _draw(path, "Format rate", "fraction well formatted", lines,
-                 points=[("held-out", series(rows, "eval/format_rate"))], rate=True)
+    return _draw(
+        path,
+        "Format rate",
+        "fraction well formatted",
+        lines,
+        points=[("held-out", series(rows, "eval/format_rate"))],
+        rate=True,
+    )
 
 
 def plot_completion_length(rows: list[dict], path: str | Path) -> Path:
@@ -89,13 +96,18 @@ def plot_kl(rows: list[dict], path: str | Path) -> Path:
 
 def plot_clip_frac(rows: list[dict], path: str | Path) -> Path:
     """Fraction of tokens whose probability ratio was clipped below 1-ε and above 1+ε_high."""
-    lines = [("low (ratio < 1-ε)", series(rows, "clip_frac/low")), ("high (ratio > 1+ε)", series(rows, "clip_frac/high"))]
+    lines = [
+        ("low (ratio < 1-ε)", series(rows, "clip_frac/low")),
+        ("high (ratio > 1+ε)", series(rows, "clip_frac/high")),
+    ]
     return _draw(path, "Clipped tokens", "fraction", lines)
 
 
 def plot_zero_adv(rows: list[dict], path: str | Path) -> Path:
     """Fraction of groups whose completions all scored the same (no learning signal)."""
-    return _draw(path, "Groups with zero advantage", "fraction", [("zero advantage", series(rows, "zero_adv_frac"))], rate=True)
+    return _draw(
+        path, "Groups with zero advantage", "fraction", [("zero advantage", series(rows, "zero_adv_frac"))], rate=True
+    )
 
 
 def plot_reflection(rates: dict[str, Series], path: str | Path) -> Path:
@@ -104,18 +116,28 @@ def plot_reflection(rates: dict[str, Series], path: str | Path) -> Path:
     Args:
         rates: label -> Series of fractions in [0, 1]; the first entry is drawn bold (any phrase).
     """
-    return _draw(path, 'Reflection phrases ("aha") in completions', "fraction of completions", list(rates.items()), rate=True)
+    return _draw(
+        path, 'Reflection phrases ("aha") in completions', "fraction of completions", list(rates.items()), rate=True
+    )
 
 
 def plot_reward_accuracy(rows: list[dict], path: str | Path) -> Path:
     """The summary figure of a run: mean reward and batch accuracy per step, held-out accuracy points."""
     lines = [("reward (total)", series(rows, "reward")), ("accuracy (train batch)", series(rows, "accuracy"))]
-    return _draw(path, "Reward and accuracy", "value", lines,
-                 points=[("accuracy (held-out)", series(rows, "eval/accuracy"))])
+    return _draw(
+        path, "Reward and accuracy", "value", lines, points=[("accuracy (held-out)", series(rows, "eval/accuracy"))]
+    )
 
 
-def _draw(path: str | Path, title: str, ylabel: str, lines: list[tuple[str, Series]], *,
-          points: list[tuple[str, Series]] = (), rate: bool = False) -> Path:
+def _draw(
+    path: str | Path,
+    title: str,
+    ylabel: str,
+    lines: list[tuple[str, Series]],
+    *,
+    points: list[tuple[str, Series]] = (),
+    rate: bool = False,
+) -> Path:
     """Draw line series (the first one bold) and point series on one axis; write the PNG."""
     fig = Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI, layout="constrained")
     ax = fig.subplots()
@@ -137,8 +159,16 @@ def _draw(path: str | Path, title: str, ylabel: str, lines: list[tuple[str, Seri
     if drawn:
         ax.legend(loc="best", fontsize=9)
     else:
-        ax.text(0.5, 0.5, "not logged in this run (yet)", ha="center", va="center",
-                transform=ax.transAxes, fontsize=13, color="0.4")
+        ax.text(
+            0.5,
+            0.5,
+            "not logged in this run (yet)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=13,
+            color="0.4",
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig).print_png(str(path))
@@ -152,8 +182,14 @@ def _line(ax, label: str, s: Series, *, color: str, width: float, zorder: float)
         return
     window = max(5, len(s.values) // 20)
     ax.plot(s.steps, s.values, color=color, linewidth=0.8, alpha=0.3, zorder=zorder)
-    ax.plot(s.steps, _running_mean(s.values, window), color=color, linewidth=width, zorder=zorder,
-            label=f"{label} (mean of {window})")
+    ax.plot(
+        s.steps,
+        _running_mean(s.values, window),
+        color=color,
+        linewidth=width,
+        zorder=zorder,
+        label=f"{label} (mean of {window})",
+    )
 
 
 def _running_mean(values: list[float], window: int) -> list[float]:

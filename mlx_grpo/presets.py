@@ -8,14 +8,13 @@ file and command-line flags still win.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from mlx_grpo.config import read_config_file
 
 PRESET_FILE = "mlx_grpo.yaml"
 
 
-def preset_for_model(model: Optional[str]) -> dict:
+def preset_for_model(model: str | None) -> dict:
     if not model:
         return {}
     path = Path(model).expanduser() / PRESET_FILE

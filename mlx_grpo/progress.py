@@ -7,7 +7,9 @@ from tqdm import tqdm
 
 class StepProgress:
     def __init__(self, total: int, *, initial: int = 0, enabled: bool = True):
-        self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total, initial=initial, desc="train", unit="step", disable=not enabled, dynamic_ncols=True
+        )
 
     def update(self, metrics: dict) -> None:
         post = {

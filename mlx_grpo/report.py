@@ -39,12 +39,34 @@ METRIC_PLOTS = (
 REFLECTION_PLOT = "reflection"
 
 # config.json fields shown in the page header, when present.
-KEY_CONFIG = ("model", "dataset", "num_samples", "max_steps", "batch_size", "num_generations",
-              "max_completion_length", "temperature", "rewards", "loss_type", "beta", "epsilon",
-              "learning_rate", "lora_rank", "seed")
+KEY_CONFIG = (
+    "model",
+    "dataset",
+    "num_samples",
+    "max_steps",
+    "batch_size",
+    "num_generations",
+    "max_completion_length",
+    "temperature",
+    "rewards",
+    "loss_type",
+    "beta",
+    "epsilon",
+    "learning_rate",
+    "lora_rank",
+    "seed",
+)
 # Last-step metrics shown in the header, when present.
-FINAL_METRICS = ("reward", "accuracy", "format_rate", "completion_length/mean", "truncated_frac",
-                 "zero_adv_frac", "kl", "tokens_per_s")
+FINAL_METRICS = (
+    "reward",
+    "accuracy",
+    "format_rate",
+    "completion_length/mean",
+    "truncated_frac",
+    "zero_adv_frac",
+    "kl",
+    "tokens_per_s",
+)
 
 
 @dataclass
@@ -103,8 +125,10 @@ def reflection_rates(completions: list[dict], phrases: list[str] | tuple[str, ..
     for row in completions:
         by_step.setdefault(row["step"], []).append(str(row.get("completion", "")))
     steps = sorted(by_step)
-    return {label: Series(steps, [sum(bool(pat.search(t)) for t in by_step[s]) / len(by_step[s]) for s in steps])
-            for label, pat in patterns.items()}
+    return {
+        label: Series(steps, [sum(bool(pat.search(t)) for t in by_step[s]) / len(by_step[s]) for s in steps])
+        for label, pat in patterns.items()
+    }
 
 
 def is_correct(row: dict) -> bool:
@@ -123,10 +147,12 @@ def pick_samples(completions: list[dict]) -> list[tuple[str, dict]]:
         return []
     first, last = min(r["step"] for r in completions), max(r["step"] for r in completions)
     correct = [r for r in completions if is_correct(r)]
-    picks = [("first step", next(r for r in completions if r["step"] == first)),
-             ("first correct", min(correct, key=lambda r: r["step"]) if correct else None),
-             ("last step", next(r for r in completions if r["step"] == last)),
-             ("longest correct", max(correct, key=lambda r: len(str(r.get("completion", "")))) if correct else None)]
+    picks = [
+        ("first step", next(r for r in completions if r["step"] == first)),
+        ("first correct", min(correct, key=lambda r: r["step"]) if correct else None),
+        ("last step", next(r for r in completions if r["step"] == last)),
+        ("longest correct", max(correct, key=lambda r: len(str(r.get("completion", "")))) if correct else None),
+    ]
     merged: dict[int, tuple[list[str], dict]] = {}
     for label, row in picks:
         if row is not None:
@@ -161,8 +187,10 @@ def render_html(run: Run, pngs: dict[str, Path], phrases=DEFAULT_PHRASES) -> str
     """The whole page as one string; `pngs` (name -> PNG path) are embedded, not linked."""
     title = f"mlx-grpo report: {run.path.name}"
     body = "\n".join([_header_html(run), _plots_html(pngs), _completions_html(run.completions, phrases)])
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
-            f"<title>{_esc(title)}</title>\n<style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+        f"<title>{_esc(title)}</title>\n<style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
 
 
 def _header_html(run: Run) -> str:
@@ -176,18 +204,25 @@ def _header_html(run: Run) -> str:
     if evals.steps:
         final_rows.append((f"eval/accuracy (step {evals.steps[-1]})", evals.values[-1]))
         final_rows.append(("best eval/accuracy", max(evals.values)))
-    full_config = (f"<details><summary>full config.json</summary><pre>{_esc(json.dumps(run.config, indent=2))}</pre></details>"
-                   if run.config else "<p class=muted>no config.json in the run directory</p>")
-    return (f'<header id="summary"><h1>{_esc(run.path.name)}</h1>\n'
-            f'<p class=muted>{_esc(str(run.path.resolve()))} &middot; model {_esc(run.model or "unknown")} &middot; {_esc(progress)}</p>\n'
-            f'<div class=tables><div><h2>Final metrics</h2>{_table(final_rows)}</div>'
-            f'<div><h2>Key config</h2>{_table(config_rows)}</div></div>\n{full_config}</header>')
+    full_config = (
+        f"<details><summary>full config.json</summary><pre>{_esc(json.dumps(run.config, indent=2))}</pre></details>"
+        if run.config
+        else "<p class=muted>no config.json in the run directory</p>"
+    )
+    return (
+        f'<header id="summary"><h1>{_esc(run.path.name)}</h1>\n'
+        f"<p class=muted>{_esc(str(run.path.resolve()))} &middot; model {_esc(run.model or 'unknown')} &middot; {_esc(progress)}</p>\n"
+        f"<div class=tables><div><h2>Final metrics</h2>{_table(final_rows)}</div>"
+        f"<div><h2>Key config</h2>{_table(config_rows)}</div></div>\n{full_config}</header>"
+    )
 
 
 def _plots_html(pngs: dict[str, Path]) -> str:
     figures = "\n".join(
         f'<figure><img alt="{_esc(name)}" src="data:image/png;base64,{base64.b64encode(Path(p).read_bytes()).decode()}">'
-        f"<figcaption>{_esc(name)}</figcaption></figure>" for name, p in pngs.items())
+        f"<figcaption>{_esc(name)}</figcaption></figure>"
+        for name, p in pngs.items()
+    )
     return f'<section id="plots"><h2>Plots</h2><div class=grid>\n{figures}\n</div></section>'
 
 
@@ -204,21 +239,26 @@ def _completions_html(completions: list[dict], phrases) -> str:
 def _card(label: str, row: dict, pattern: re.Pattern) -> str:
     rewards = ", ".join(f"{_esc(k)} {_fmt(v)}" for k, v in (row.get("rewards") or {}).items())
     equation = row.get("equation")
-    facts = [f"step {row['step']}", f"target {_esc(str(row.get('target')))} from {_esc(str(row.get('nums')))}",
-             f"reward {_fmt(row.get('reward'))}" + (f" ({rewards})" if rewards else ""),
-             f"advantage {_fmt(row.get('advantage'))}",
-             "equation " + (f"<code>{_esc(str(equation))}</code>" if equation else "none parsed")]
+    facts = [
+        f"step {row['step']}",
+        f"target {_esc(str(row.get('target')))} from {_esc(str(row.get('nums')))}",
+        f"reward {_fmt(row.get('reward'))}" + (f" ({rewards})" if rewards else ""),
+        f"advantage {_fmt(row.get('advantage'))}",
+        "equation " + (f"<code>{_esc(str(equation))}</code>" if equation else "none parsed"),
+    ]
     verdict = "ok" if is_correct(row) else "bad"
-    return (f'<article class="card {verdict}"><h3>{_esc(label)}</h3><p>{" &middot; ".join(facts)}</p>\n'
-            f"<details><summary>prompt</summary><pre>{_esc(str(row.get('prompt', '')))}</pre></details>\n"
-            f"<pre class=completion>{_highlight(str(row.get('completion', '')), pattern)}</pre></article>")
+    return (
+        f'<article class="card {verdict}"><h3>{_esc(label)}</h3><p>{" &middot; ".join(facts)}</p>\n'
+        f"<details><summary>prompt</summary><pre>{_esc(str(row.get('prompt', '')))}</pre></details>\n"
+        f"<pre class=completion>{_highlight(str(row.get('completion', '')), pattern)}</pre></article>"
+    )
 
 
 def _highlight(text: str, pattern: re.Pattern) -> str:
     """Escape `text`, wrapping each reflection phrase in <mark>."""
     out, pos = [], 0
     for m in pattern.finditer(text):
-        out += [_esc(text[pos:m.start()]), f"<mark>{_esc(m.group())}</mark>"]
+        out += [_esc(text[pos : m.start()]), f"<mark>{_esc(m.group())}</mark>"]
         pos = m.end()
     return "".join(out + [_esc(text[pos:])])
 

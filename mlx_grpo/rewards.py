@@ -36,10 +36,10 @@ import importlib
 import importlib.util
 import math
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
 
 from mlx_grpo.countdown.expr import as_int, equation_value, extract_equation
 from mlx_grpo.countdown.tasks import Task
@@ -56,14 +56,14 @@ def is_well_formed(completion: str, assistant_prefix: str = "") -> bool:
         return False
     closed = assistant_prefix.find("</think>")
     if closed >= 0:  # the prompt closed the think block: only the answer is the model's
-        return _is_answer_block(assistant_prefix[closed + len("</think>"):].lstrip() + completion)
+        return _is_answer_block(assistant_prefix[closed + len("</think>") :].lstrip() + completion)
     opened = assistant_prefix.find("<think>")
     turn = (assistant_prefix[opened:] if opened >= 0 else assistant_prefix) + completion
     if not turn.startswith("<think>"):
         return False
     end = turn.find("</think>", len("<think>"))  # the think block ends at the first </think>
     after = end + len("</think>")
-    return end >= 0 and turn.startswith("\n", after) and _is_answer_block(turn[after + 1:])
+    return end >= 0 and turn.startswith("\n", after) and _is_answer_block(turn[after + 1 :])
 
 
 def _is_answer_block(text: str) -> bool:
@@ -72,7 +72,7 @@ def _is_answer_block(text: str) -> bool:
 
 
 def format_reward_func(
-    completions: Sequence[str], assistant_prefixes: Optional[Sequence[str]] = None, **kwargs
+    completions: Sequence[str], assistant_prefixes: Sequence[str] | None = None, **kwargs
 ) -> list[float]:
     """1.0 per completion whose assistant turn is exactly `<think>…</think>\\n<answer>…</answer>`, else 0.0.
 
@@ -105,7 +105,7 @@ def equation_partial_reward_func(
     return [_closeness(value, target) for value, target in _answer_values(completions, targets, nums_list)]
 
 
-def _closeness(value: Optional[Fraction], target: int) -> float:
+def _closeness(value: Fraction | None, target: int) -> float:
     if value is None:
         return 0.0
     if value == target:
@@ -113,7 +113,7 @@ def _closeness(value: Optional[Fraction], target: int) -> float:
     return float(max(Fraction(0), 1 - abs(value - target) / max(abs(target), 1)) / 2)
 
 
-def _answer_values(completions, targets, nums_list) -> list[tuple[Optional[Fraction], int]]:
+def _answer_values(completions, targets, nums_list) -> list[tuple[Fraction | None, int]]:
     # [R] (value of the answer's equation or None, target)
     _check_lengths(completions, targets=targets, nums_list=nums_list)
     out = []
@@ -235,9 +235,9 @@ class RewardSet:
         self,
         completions: Sequence[str],
         tasks: Sequence[Task],
-        assistant_prefixes: Optional[Sequence[str]] = None,
+        assistant_prefixes: Sequence[str] | None = None,
         *,
-        prompts: Optional[Sequence[str]] = None,
+        prompts: Sequence[str] | None = None,
     ) -> tuple[list[float], dict[str, list[float]]]:
         """Score completions [R] of tasks [R] (one task per completion).
 

@@ -37,8 +37,8 @@ matmuls with 16 rows dominate both contenders alike.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -154,8 +154,9 @@ class _Decoder:
         """
         self._weights.append(self.model().state)
         try:
-            return self._step_fn(tokens, keys, values, slot, prompt_pad, pad_start, done, lengths, key, temperature,
-                                 top_p, eos)
+            return self._step_fn(
+                tokens, keys, values, slot, prompt_pad, pad_start, done, lengths, key, temperature, top_p, eos
+            )
         finally:
             self._weights.clear()
 
@@ -164,7 +165,9 @@ class _Decoder:
         if self._greedy:
             tokens, logps = mx.argmax(logits, axis=-1).astype(mx.int32), mx.zeros(logits.shape[:1])
         else:
-            tokens, logps = sample(logits, sub, temperature, top_k=self._top_k, top_p=top_p if self._use_top_p else None)
+            tokens, logps = sample(
+                logits, sub, temperature, top_k=self._top_k, top_p=top_p if self._use_top_p else None
+            )
         live = ~done
         tokens = mx.where(live, tokens, 0)
         logps = mx.where(live, logps, 0.0)
@@ -248,7 +251,7 @@ def generate(
     top_p: float = 1.0,
     top_k: int = 0,
     eos_ids: Iterable[int],
-    seed: Optional[int] = None,
+    seed: int | None = None,
 ) -> Rollout:
     """Sample `group_size` completions for each prompt, all rows decoded together.
 

@@ -8,8 +8,8 @@ a torn last line, which every reader skips; resume cuts the logs back to its che
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from mlx_grpo.errors import UserError
 

@@ -31,7 +31,7 @@ class Tracker:
     def close(self) -> None:
         """Flush and release the backend."""
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -53,8 +53,9 @@ class TensorBoardTracker(Tracker):
 
 class WandbTracker(Tracker):
     def __init__(self, wandb, run_dir: Path, config: dict):
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mlx-grpo"), name=run_dir.name,
-                              dir=str(run_dir), config=config)
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "mlx-grpo"), name=run_dir.name, dir=str(run_dir), config=config
+        )
 
     def log(self, metrics: dict, step: int) -> None:
         self.run.log(scalars(metrics), step=step)

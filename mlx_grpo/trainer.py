@@ -18,10 +18,10 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -39,7 +39,7 @@ from mlx_grpo.errors import UserError
 from mlx_grpo.evaluate import evaluate
 from mlx_grpo.grpo import batch_normalizer, compute_advantages, policy_loss
 from mlx_grpo.logprobs import left_pad, sequence_logprobs, shared_prefix_length
-from mlx_grpo.model import add_lora, adapters_disabled, check_model_source, load_model
+from mlx_grpo.model import adapters_disabled, add_lora, check_model_source, load_model
 from mlx_grpo.plots import plot_reward_accuracy
 from mlx_grpo.progress import StepProgress
 from mlx_grpo.rewards import RewardSet
@@ -69,7 +69,7 @@ def task_indices(step: int, batch_size: int, num_tasks: int, seed: int) -> list[
     return out
 
 
-def _set_memory_limit(max_memory: Optional[str]) -> None:
+def _set_memory_limit(max_memory: str | None) -> None:
     """On Metal, fail with an allocation error instead of freezing the machine; no-op elsewhere."""
     if not mx.metal.is_available():
         return
@@ -99,8 +99,12 @@ class Trainer:
             config.model, quantize=config.quantize, dtype=config.dtype, trust_remote_code=config.trust_remote_code
         )
         self.adapter_config = add_lora(
-            self.model, rank=config.lora_rank, scale=config.lora_scale, dropout=config.lora_dropout,
-            num_layers=config.lora_layers, seed=config.seed,
+            self.model,
+            rank=config.lora_rank,
+            scale=config.lora_scale,
+            dropout=config.lora_dropout,
+            num_layers=config.lora_layers,
+            seed=config.seed,
         )
         self.adapter_config["base_model"] = config.model
         self.optimizer = optim.AdamW(learning_rate=self._schedule(), weight_decay=config.weight_decay)
@@ -121,17 +125,31 @@ class Trainer:
         c = self.config
         idx = task_indices(step, c.batch_size, len(self.train_tasks), c.seed)
         return run_episodes(
-            self.model, self.tokenizer, [self.train_tasks[i] for i in idx], group_size=c.num_generations,
-            max_tokens=c.max_completion_length, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
-            reward_set=self.reward_set, enable_thinking=c.enable_thinking, prefill=c.prefill,
+            self.model,
+            self.tokenizer,
+            [self.train_tasks[i] for i in idx],
+            group_size=c.num_generations,
+            max_tokens=c.max_completion_length,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            top_k=c.top_k,
+            reward_set=self.reward_set,
+            enable_thinking=c.enable_thinking,
+            prefill=c.prefill,
             seed=step_seed(c.seed, step),
         )
 
     def _logps(self, model, batch: dict, differentiable: bool = True) -> mx.array:
         """Log-probs [r, T] of a micro-batch's completion tokens under the current weights."""
         return sequence_logprobs(
-            model, batch["prompts"], batch["prompt_pad"], batch["tokens"], batch["mask"],
-            temperature=self.config.temperature, prompt_index=batch["prompt_index"], shared=batch["shared"],
+            model,
+            batch["prompts"],
+            batch["prompt_pad"],
+            batch["tokens"],
+            batch["mask"],
+            temperature=self.config.temperature,
+            prompt_index=batch["prompt_index"],
+            shared=batch["shared"],
             differentiable=differentiable,
         )
 
@@ -139,9 +157,17 @@ class Trainer:
         logps = self._logps(model, batch)  # [r, T]
         c = self.config
         return policy_loss(
-            logps, old_logps, advantages, batch["mask"], ref_logps=ref_logps, beta=c.beta,
-            epsilon_low=c.epsilon, epsilon_high=c.epsilon_high, loss_type=c.loss_type,
-            max_completion_length=c.max_completion_length, normalizer=normalizer,
+            logps,
+            old_logps,
+            advantages,
+            batch["mask"],
+            ref_logps=ref_logps,
+            beta=c.beta,
+            epsilon_low=c.epsilon,
+            epsilon_high=c.epsilon_high,
+            loss_type=c.loss_type,
+            max_completion_length=c.max_completion_length,
+            normalizer=normalizer,
         )
 
     def _fixed_logps(self, micro_batches) -> mx.array:
@@ -161,12 +187,18 @@ class Trainer:
             shared = shared_prefix_length(ids)
             prompts, prompt_pad = left_pad(ids, shared=shared)
             idx = mx.array(rows)
-            out.append({
-                "rows": idx, "prompts": prompts, "prompt_pad": prompt_pad, "shared": shared,
-                "prompt_index": mx.array(prompt_index.astype(np.int32)),
-                # sampled tokens are data for the update, not a function of the weights
-                "tokens": mx.stop_gradient(rollout.tokens[idx]), "mask": mx.stop_gradient(rollout.mask[idx]),
-            })
+            out.append(
+                {
+                    "rows": idx,
+                    "prompts": prompts,
+                    "prompt_pad": prompt_pad,
+                    "shared": shared,
+                    "prompt_index": mx.array(prompt_index.astype(np.int32)),
+                    # sampled tokens are data for the update, not a function of the weights
+                    "tokens": mx.stop_gradient(rollout.tokens[idx]),
+                    "mask": mx.stop_gradient(rollout.mask[idx]),
+                }
+            )
         return out
 
     def update(self, episodes: Episodes, advantages: mx.array) -> dict:
@@ -188,8 +220,12 @@ class Trainer:
             for batch in micro_batches:
                 rows = batch["rows"]
                 (mb_loss, mb_metrics), mb_grads = self.loss_and_grad(
-                    self.model, batch, old_logps[rows], None if ref_logps is None else ref_logps[rows],
-                    advantages[rows], normalizer,
+                    self.model,
+                    batch,
+                    old_logps[rows],
+                    None if ref_logps is None else ref_logps[rows],
+                    advantages[rows],
+                    normalizer,
                 )
                 grads = mb_grads if grads is None else tree_map(mx.add, grads, mb_grads)
                 loss = loss + mb_loss
@@ -241,30 +277,41 @@ class Trainer:
         records = []
         for r in range(episodes.num_rows):
             task = episodes.row_task(r)
-            records.append({
-                "step": step,
-                "prompt": episodes.row_prompt(r).text,
-                "completion": episodes.completions[r],
-                "target": task.target,
-                "nums": list(task.nums),
-                "rewards": {k: v[r] for k, v in episodes.rewards.items()},
-                "reward": episodes.totals[r],
-                "advantage": advantages[r],
-                "equation": extract_equation(episodes.completions[r]),
-            })
+            records.append(
+                {
+                    "step": step,
+                    "prompt": episodes.row_prompt(r).text,
+                    "completion": episodes.completions[r],
+                    "target": task.target,
+                    "nums": list(task.nums),
+                    "rewards": {k: v[r] for k, v in episodes.rewards.items()},
+                    "reward": episodes.totals[r],
+                    "advantage": advantages[r],
+                    "equation": extract_equation(episodes.completions[r]),
+                }
+            )
         runlog.append_jsonl(self.run_dir / runlog.COMPLETIONS, records)
 
     def run_eval(self) -> dict:
         c = self.config
         result = evaluate(
-            self.model, self.tokenizer, self.eval_tasks, max_tokens=c.max_completion_length,
-            enable_thinking=c.enable_thinking, prefill=c.prefill, seed=c.seed,
+            self.model,
+            self.tokenizer,
+            self.eval_tasks,
+            max_tokens=c.max_completion_length,
+            enable_thinking=c.enable_thinking,
+            prefill=c.prefill,
+            seed=c.seed,
         )
-        return {"eval/accuracy": result["accuracy"], "eval/format_rate": result["format_rate"],
-                "eval/equation_rate": result["equation_rate"], "eval/completion_length": result["completion_length"]}
+        return {
+            "eval/accuracy": result["accuracy"],
+            "eval/format_rate": result["format_rate"],
+            "eval/equation_rate": result["equation_rate"],
+            "eval/completion_length": result["completion_length"],
+        }
 
     # --- the loop ----------------------------------------------------------------------------
-    def run(self, on_step: Optional[Callable[[dict], None]] = None) -> dict:
+    def run(self, on_step: Callable[[dict], None] | None = None) -> dict:
         """Train until max_steps (or Ctrl-C); return the final summary (last metrics + eval)."""
         c = self.config
         if self.overwrite:
@@ -324,8 +371,14 @@ class Trainer:
         latest = ckpt.latest_checkpoint(self.run_dir)
         if self.state.step == 0 or (latest is not None and latest.name == f"step-{self.state.step:06d}"):
             return  # nothing trained yet, or this step is already saved (end of run on a save step)
-        ckpt.save_checkpoint(self.run_dir, self.state.step, self.model, self.adapter_config, self.optimizer,
-                             {"data_position": self.state.step * self.config.batch_size, "seed": self.config.seed})
+        ckpt.save_checkpoint(
+            self.run_dir,
+            self.state.step,
+            self.model,
+            self.adapter_config,
+            self.optimizer,
+            {"data_position": self.state.step * self.config.batch_size, "seed": self.config.seed},
+        )
 
     def _append_metrics(self, metrics: dict) -> None:
         self.state.history.append(metrics)

@@ -26,7 +26,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -36,10 +35,20 @@ from mlx_grpo.blas import GUARD_VAR, OPT_OUT_VAR, openblas_reexec_env  # noqa: E
 RUNNERS = REPO / "scripts" / "bench_peers"
 QWEN3_TOKENIZER = REPO.parent / "shared" / "data" / "qwen3_tokenizer"
 TASKS = [  # (target, nums): the B prompts every contender sees
-    (98, (44, 19, 35)), (64, (63, 95, 96)), (27, (10, 4, 35, 2)), (51, (88, 9, 28, 13)),
+    (98, (44, 19, 35)),
+    (64, (63, 95, 96)),
+    (27, (10, 4, 35, 2)),
+    (51, (88, 9, 28, 13)),
 ]
-WORKLOAD = {"group_size": 4, "max_tokens": 64, "temperature": 1.0, "seed": 0, "beta": 0.04, "lora_rank": 8,
-            "learning_rate": 1e-5}
+WORKLOAD = {
+    "group_size": 4,
+    "max_tokens": 64,
+    "temperature": 1.0,
+    "seed": 0,
+    "beta": 0.04,
+    "lora_rank": 8,
+    "learning_rate": 1e-5,
+}
 
 
 @dataclass
@@ -53,13 +62,31 @@ class Shape:
 
 
 SHAPES = {
-    "tiny": Shape("tiny", "hidden 128, 4 layers, heads 4/2, ffn 384, byte-level BPE vocab 512",
-                  dict(hidden_size=128, num_hidden_layers=4, intermediate_size=384, num_attention_heads=4,
-                       num_key_value_heads=2), "tiny", warmup=1, repeats=5),
-    "qwen3-0.6b": Shape("qwen3-0.6b", "Qwen3-0.6B shape, random weights, fp32, tied, vocab 151,936",
-                        dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                             head_dim=128, intermediate_size=3072, vocab_size=151936, tie_word_embeddings=True),
-                        "qwen3", warmup=1, repeats=1),
+    "tiny": Shape(
+        "tiny",
+        "hidden 128, 4 layers, heads 4/2, ffn 384, byte-level BPE vocab 512",
+        dict(hidden_size=128, num_hidden_layers=4, intermediate_size=384, num_attention_heads=4, num_key_value_heads=2),
+        "tiny",
+        warmup=1,
+        repeats=5,
+    ),
+    "qwen3-0.6b": Shape(
+        "qwen3-0.6b",
+        "Qwen3-0.6B shape, random weights, fp32, tied, vocab 151,936",
+        dict(
+            hidden_size=1024,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+            intermediate_size=3072,
+            vocab_size=151936,
+            tie_word_embeddings=True,
+        ),
+        "qwen3",
+        warmup=1,
+        repeats=1,
+    ),
 }
 
 
@@ -71,7 +98,7 @@ class Job:
     label: str
     kind: str  # rollout | step | probe
     runner: str
-    python: Optional[str]  # None: this venv's
+    python: str | None  # None: this venv's
     options: dict = field(default_factory=dict)
     blas: str = "openblas"  # openblas | reference | native (leave the process's BLAS alone: PyTorch)
     workload: dict = field(default_factory=dict)  # overrides of WORKLOAD and the shape's warmup/repeats
@@ -83,18 +110,21 @@ def _tokenizer_corpus(seed: int = 0) -> list[str]:
     from mlx_grpo.countdown.prompts import SYSTEM_PROMPT, USER_TEMPLATE
 
     rng = random.Random(seed)
-    words = ("the a is of to and that it for on with as be or not but we can first then next answer equation "
-             "number numbers target result step check right wrong again instead try solve think so if each only "
-             "once use make get value sum difference product add subtract multiply divide plus minus times "
-             "equals close bigger smaller less more").split()
+    words = (
+        "the a is of to and that it for on with as be or not but we can first then next answer equation "
+        "number numbers target result step check right wrong again instead try solve think so if each only "
+        "once use make get value sum difference product add subtract multiply divide plus minus times "
+        "equals close bigger smaller less more"
+    ).split()
     corpus = [SYSTEM_PROMPT]
     for _ in range(600):
         nums = [rng.randint(1, 99) for _ in range(rng.choice((3, 4)))]
         a, b, c = nums[:3]
         o1, o2 = rng.choice("+-*/"), rng.choice("+-*/")
         corpus.append(USER_TEMPLATE.format(numbers=str(nums), target=rng.randint(10, 100)))
-        corpus.append(f"<think>\n{a} {o1} {b} = ?\nLet me try {c} {o2} {a}.\n</think>\n"
-                      f"<answer> ({a} {o1} {b}) {o2} {c} </answer>")
+        corpus.append(
+            f"<think>\n{a} {o1} {b} = ?\nLet me try {c} {o2} {a}.\n</think>\n<answer> ({a} {o1} {b}) {o2} {c} </answer>"
+        )
         corpus.append(" ".join(rng.choice(words) for _ in range(30)).capitalize() + ".")
     return corpus
 
@@ -153,16 +183,26 @@ def decode_floor(config: dict, rows: int, probe: dict) -> dict:
     n = weights_per_token(config)
     bandwidth, rate = max(probe["copy_gb_s"].values()), max(probe["matmul_gflops"].values())
     read_s, compute_s = 4 * n / bandwidth / 1e9, 2 * n * rows / rate / 1e9
-    return {"weights": n, "gb_per_step": 4 * n / 1e9, "gflop_per_step": 2 * n * rows / 1e9,
-            "bandwidth_gb_s": bandwidth, "matmul_gflops": rate,
-            "step_s": max(read_s, compute_s), "tok_s": rows / max(read_s, compute_s)}
+    return {
+        "weights": n,
+        "gb_per_step": 4 * n / 1e9,
+        "gflop_per_step": 2 * n * rows / 1e9,
+        "bandwidth_gb_s": bandwidth,
+        "matmul_gflops": rate,
+        "step_s": max(read_s, compute_s),
+        "tok_s": rows / max(read_s, compute_s),
+    }
 
 
 # --- running one job -------------------------------------------------------------------------
 def job_env(blas: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", GUARD_VAR, OPT_OUT_VAR)}
-    env.update(PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        TRANSFORMERS_VERBOSITY="error",
+    )
     if blas == "openblas":
         env = openblas_reexec_env(env) or env  # as the CLI does; unchanged where it does not apply
         env.pop(GUARD_VAR, None)
@@ -182,8 +222,13 @@ def run_job(job: Job, spec: dict, run_dir: Path, timeout: float) -> dict:
     out_path.unlink(missing_ok=True)
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([python, str(RUNNERS / job.runner), str(spec_path), str(out_path)],
-                                stdout=log, stderr=subprocess.STDOUT, env=job_env(job.blas), cwd=run_dir)
+        proc = subprocess.Popen(
+            [python, str(RUNNERS / job.runner), str(spec_path), str(out_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=job_env(job.blas),
+            cwd=run_dir,
+        )
         rc, rusage = _wait(proc, timeout)
     wall = time.perf_counter() - t0
     if rc == 0 and out_path.is_file():
@@ -223,28 +268,62 @@ def plan(shape: Shape, args) -> list[Job]:
     ]
     if small or full:
         jobs += [
-            Job("mlx-lm-loop", "mlx-lm generate, one row at a time", "rollout", "mlx_lm_generate.py", None,
-                {"mode": "sequential", **warm}),
+            Job(
+                "mlx-lm-loop",
+                "mlx-lm generate, one row at a time",
+                "rollout",
+                "mlx_lm_generate.py",
+                None,
+                {"mode": "sequential", **warm},
+            ),
             Job("ours-step", "mlx-grpo", "step", "mlx_grpo_engine.py", None, {"mode": "step"}),
             Job("mlx-lm-lora", "mlx-lm-lora", "step", "mlx_lm_lora_grpo.py", args.mlx_lm_lora_python),
-            Job("trl", "TRL, no grad checkpointing", "step", "trl_grpo.py", args.trl_python,
-                {"gradient_checkpointing": False}, blas="native"),
-            Job("trl-ckpt", "TRL, grad checkpointing (its default)", "step", "trl_grpo.py", args.trl_python,
-                {"gradient_checkpointing": True}, blas="native"),
+            Job(
+                "trl",
+                "TRL, no grad checkpointing",
+                "step",
+                "trl_grpo.py",
+                args.trl_python,
+                {"gradient_checkpointing": False},
+                blas="native",
+            ),
+            Job(
+                "trl-ckpt",
+                "TRL, grad checkpointing (its default)",
+                "step",
+                "trl_grpo.py",
+                args.trl_python,
+                {"gradient_checkpointing": True},
+                blas="native",
+            ),
         ]
     if small and not args.quick:  # the same contenders without the OpenBLAS preload
-        jobs += [Job(f"{j.id}-refblas", j.label, j.kind, j.runner, j.python, j.options, blas="reference")
-                 for j in jobs if j.id in ("mlx-lm-batch", "ours-step")]
+        jobs += [
+            Job(f"{j.id}-refblas", j.label, j.kind, j.runner, j.python, j.options, blas="reference")
+            for j in jobs
+            if j.id in ("mlx-lm-batch", "ours-step")
+        ]
     if full and not small:  # the memory target: one step of 4 x 8 x 512
-        jobs.append(Job("ours-step-4x8x512", "mlx-grpo, 4 x 8 x 512", "step", "mlx_grpo_engine.py", None,
-                        {"mode": "step"}, workload={"group_size": 8, "max_tokens": 512, "warmup": 0, "repeats": 1}))
+        jobs.append(
+            Job(
+                "ours-step-4x8x512",
+                "mlx-grpo, 4 x 8 x 512",
+                "step",
+                "mlx_grpo_engine.py",
+                None,
+                {"mode": "step"},
+                workload={"group_size": 8, "max_tokens": 512, "warmup": 0, "repeats": 1},
+            )
+        )
     return [j for j in jobs if not args.only or j.id in args.only]
 
 
 def timing(shape: Shape, args) -> dict:
     repeats = min(2, shape.repeats) if args.quick else shape.repeats
-    return {"warmup": shape.warmup if args.warmup is None else args.warmup,
-            "repeats": repeats if args.repeats is None else args.repeats}
+    return {
+        "warmup": shape.warmup if args.warmup is None else args.warmup,
+        "repeats": repeats if args.repeats is None else args.repeats,
+    }
 
 
 def make_spec(shape: Shape, job: Job, model_dir: Path, args) -> dict:
@@ -252,26 +331,53 @@ def make_spec(shape: Shape, job: Job, model_dir: Path, args) -> dict:
     from mlx_grpo.countdown.tasks import Task
 
     tasks = [Task(target, nums) for target, nums in TASKS]
-    return {**WORKLOAD, **timing(shape, args), **job.workload, "shape": shape.name, "model": str(model_dir),
-            "tasks": [{"target": t.target, "nums": list(t.nums)} for t in tasks],
-            "messages": [build_messages(t) for t in tasks], "options": job.options}
+    return {
+        **WORKLOAD,
+        **timing(shape, args),
+        **job.workload,
+        "shape": shape.name,
+        "model": str(model_dir),
+        "tasks": [{"target": t.target, "nums": list(t.nums)} for t in tasks],
+        "messages": [build_messages(t) for t in tasks],
+        "options": job.options,
+    }
 
 
 def probe_machine(args, run_dir: Path, timeout: float) -> dict:
     """CPU, memory, MLX device and BLAS, bandwidth and matmul rate (and without OpenBLAS, unless --quick)."""
-    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem = next((int(line.split()[1]) / 2**20 for line in _read("/proc/meminfo").splitlines()
-                if line.startswith("MemTotal")), None)
-    machine = {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem, "platform": platform.platform(),
-               "python": platform.python_version()}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read("/proc/cpuinfo").splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        (int(line.split()[1]) / 2**20 for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal")),
+        None,
+    )
+    machine = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": mem,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
     sizes = {"matmul_n": [1024], "copy_mib": 64} if args.quick else {"matmul_n": [1024, 2048], "copy_mib": 512}
     probe = Job("probe", "machine probe", "probe", "machine_probe.py", None, sizes)
     spec = {"shape": "machine", "options": probe.options}
     machine["mlx"] = run_job(probe, spec, run_dir, timeout)
     if not args.quick:
-        reference = Job("probe-refblas", "machine probe", "probe", "machine_probe.py", None,
-                        {"matmul_n": [1024], "copy_mib": 128}, blas="reference")
+        reference = Job(
+            "probe-refblas",
+            "machine probe",
+            "probe",
+            "machine_probe.py",
+            None,
+            {"matmul_n": [1024], "copy_mib": 128},
+            blas="reference",
+        )
         machine["mlx_reference_blas"] = run_job(reference, {**spec, "options": reference.options}, run_dir, timeout)
     return machine
 
@@ -284,7 +390,7 @@ def _read(path: str) -> str:
 
 
 # --- derived figures -------------------------------------------------------------------------
-def derive(results: dict, floor: Optional[dict]) -> None:
+def derive(results: dict, floor: dict | None) -> None:
     """Add the comparisons: vs batch_generate, share of the decode floor, ours vs peers, BLAS."""
     ok = {k: r for k, r in results.items() if r.get("status") == "ok"}
     batch, ours = ok.get("mlx-lm-batch"), ok.get("ours-step")
@@ -303,7 +409,7 @@ def derive(results: dict, floor: Optional[dict]) -> None:
             r["openblas_faster_by"] = r[seconds] / base[seconds]
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
@@ -324,8 +430,10 @@ def _x(value) -> str:
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
     lines = [headers, *rows]
-    return "\n".join("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in
-                               enumerate(zip(line, widths))) for line in lines)
+    return "\n".join(
+        "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+        for line in lines
+    )
 
 
 def render(report: dict) -> str:
@@ -333,8 +441,12 @@ def render(report: dict) -> str:
     notes = []
     for name, shape in report["shapes"].items():
         lines += _render_shape(name, shape)
-        notes += [f"{name} / {r['label']}{' (reference BLAS)' if r['blas'] == 'reference' else ''}: "
-                  f"{r['status']}: {r.get('note', '')}" for r in shape["results"].values() if r.get("status") != "ok"]
+        notes += [
+            f"{name} / {r['label']}{' (reference BLAS)' if r['blas'] == 'reference' else ''}: "
+            f"{r['status']}: {r.get('note', '')}"
+            for r in shape["results"].values()
+            if r.get("status") != "ok"
+        ]
     if notes:
         lines += ["", "not measured:", *(f"  {n}" for n in notes)]
     return "\n".join(lines)
@@ -342,54 +454,119 @@ def render(report: dict) -> str:
 
 def _render_machine(report: dict) -> list[str]:
     m, probe = report["machine"], report["machine"]["mlx"]
-    lines = [f"mlx-grpo benchmark, {report['date']}",
-             f"machine: {m['cpu']}, {m['cores']} cores, {_fmt(m['memory_gib'])} GiB; {m['platform']}; "
-             f"Python {m['python']}"]
+    lines = [
+        f"mlx-grpo benchmark, {report['date']}",
+        f"machine: {m['cpu']}, {m['cores']} cores, {_fmt(m['memory_gib'])} GiB; {m['platform']}; Python {m['python']}",
+    ]
     if probe.get("status") != "ok":
         return lines + [f"machine probe {probe.get('status')}: {probe.get('note', '')}"]
     rates = ", ".join(f"{_fmt(v)} GFLOP/s at n={n}" for n, v in probe["matmul_gflops"].items())
-    lines += [f"MLX {probe['mlx']} on {probe['device']}; BLAS: {probe['blas']}",
-              f"memory copy {_fmt(probe['copy_gb_s']['numpy'])} GB/s (an MLX op: {_fmt(probe['copy_gb_s']['mlx'])} "
-              f"GB/s); fp32 matmul {rates}"]
+    lines += [
+        f"MLX {probe['mlx']} on {probe['device']}; BLAS: {probe['blas']}",
+        f"memory copy {_fmt(probe['copy_gb_s']['numpy'])} GB/s (an MLX op: {_fmt(probe['copy_gb_s']['mlx'])} "
+        f"GB/s); fp32 matmul {rates}",
+    ]
     ref = m.get("mlx_reference_blas", {})
     if ref.get("status") == "ok":
         fast, slow = probe["matmul_gflops"]["1024"], ref["matmul_gflops"]["1024"]
-        lines.append(f"without OpenBLAS ({ref['blas']}): fp32 matmul {_fmt(slow)} GFLOP/s at n=1024, "
-                     f"OpenBLAS {fast / slow:.0f}x faster")
+        lines.append(
+            f"without OpenBLAS ({ref['blas']}): fp32 matmul {_fmt(slow)} GFLOP/s at n=1024, "
+            f"OpenBLAS {fast / slow:.0f}x faster"
+        )
     return lines
 
 
 def _render_shape(name: str, shape: dict) -> list[str]:
     w, res = shape["workload"], shape["results"]
-    lines = ["", f"== {name}: {shape['description']}; {len(TASKS)} prompts x {w['group_size']} completions x "
-                 f"{w['max_tokens']} tokens; median of {w['repeats']} after {w['warmup']} warm-up"]
+    lines = [
+        "",
+        f"== {name}: {shape['description']}; {len(TASKS)} prompts x {w['group_size']} completions x "
+        f"{w['max_tokens']} tokens; median of {w['repeats']} after {w['warmup']} warm-up",
+    ]
     rollouts = [r for r in res.values() if r["kind"] == "rollout" and r["blas"] != "reference"]
     steps = [r for r in res.values() if r["kind"] == "step" and r["blas"] != "reference"]
     refs = [r for r in res.values() if r["blas"] == "reference"]
     if rollouts:
-        lines += ["", format_table(
-            ["rollout", "prompt tok", "wall s", "tok/s", "decode tok/s", "prefill s", "vs batch_generate",
-             "decode vs batch_gen", "of floor", "MLX peak GiB", "RSS peak GiB"],
-            [[_label(r), _fmt(r.get("prompt_tokens")), _fmt(r.get("wall_s")), _fmt(r.get("tok_s")),
-              _fmt(r.get("decode_tok_s")), _fmt(r.get("prefill_s")), _x(r.get("vs_batch_generate")),
-              _x(r.get("decode_vs_batch_generate")), _pct(r.get("of_floor")), _fmt(r.get("peak_mx_gib")),
-              _fmt(r.get("peak_rss_gib"))] for r in rollouts])]
+        lines += [
+            "",
+            format_table(
+                [
+                    "rollout",
+                    "prompt tok",
+                    "wall s",
+                    "tok/s",
+                    "decode tok/s",
+                    "prefill s",
+                    "vs batch_generate",
+                    "decode vs batch_gen",
+                    "of floor",
+                    "MLX peak GiB",
+                    "RSS peak GiB",
+                ],
+                [
+                    [
+                        _label(r),
+                        _fmt(r.get("prompt_tokens")),
+                        _fmt(r.get("wall_s")),
+                        _fmt(r.get("tok_s")),
+                        _fmt(r.get("decode_tok_s")),
+                        _fmt(r.get("prefill_s")),
+                        _x(r.get("vs_batch_generate")),
+                        _x(r.get("decode_vs_batch_generate")),
+                        _pct(r.get("of_floor")),
+                        _fmt(r.get("peak_mx_gib")),
+                        _fmt(r.get("peak_rss_gib")),
+                    ]
+                    for r in rollouts
+                ],
+            ),
+        ]
     if steps:
-        lines += ["", format_table(
-            ["GRPO step", "prompt tok", "step s", "generate s", "score s", "update s", "mlx-grpo faster by",
-             "MLX peak GiB", "RSS peak GiB"],
-            [[_label(r), _fmt(r.get("prompt_tokens")), _fmt(r.get("step_s")), _fmt(r.get("generate_s")),
-              _fmt(r.get("score_s")), _fmt(r.get("update_s")), _x(r.get("ours_faster_by")),
-              _fmt(r.get("peak_mx_gib")), _fmt(r.get("peak_rss_gib"))] for r in steps])]
+        lines += [
+            "",
+            format_table(
+                [
+                    "GRPO step",
+                    "prompt tok",
+                    "step s",
+                    "generate s",
+                    "score s",
+                    "update s",
+                    "mlx-grpo faster by",
+                    "MLX peak GiB",
+                    "RSS peak GiB",
+                ],
+                [
+                    [
+                        _label(r),
+                        _fmt(r.get("prompt_tokens")),
+                        _fmt(r.get("step_s")),
+                        _fmt(r.get("generate_s")),
+                        _fmt(r.get("score_s")),
+                        _fmt(r.get("update_s")),
+                        _x(r.get("ours_faster_by")),
+                        _fmt(r.get("peak_mx_gib")),
+                        _fmt(r.get("peak_rss_gib")),
+                    ]
+                    for r in steps
+                ],
+            ),
+        ]
     if refs:
-        lines += ["", format_table(
-            ["reference BLAS (no preload)", "seconds", "OpenBLAS faster by"],
-            [[r["label"], _fmt(r.get("wall_s", r.get("step_s"))), _x(r.get("openblas_faster_by"))] for r in refs])]
+        lines += [
+            "",
+            format_table(
+                ["reference BLAS (no preload)", "seconds", "OpenBLAS faster by"],
+                [[r["label"], _fmt(r.get("wall_s", r.get("step_s"))), _x(r.get("openblas_faster_by"))] for r in refs],
+            ),
+        ]
     if shape.get("floor"):
         f = shape["floor"]
-        lines.append(f"\ndecode floor at {len(TASKS) * w['group_size']} rows: {_fmt(f['gb_per_step'])} GB read + "
-                     f"{_fmt(f['gflop_per_step'])} GFLOP per step at {_fmt(f['bandwidth_gb_s'])} GB/s and "
-                     f"{_fmt(f['matmul_gflops'])} GFLOP/s -> {_fmt(f['step_s'])} s per step = {_fmt(f['tok_s'])} tok/s")
+        lines.append(
+            f"\ndecode floor at {len(TASKS) * w['group_size']} rows: {_fmt(f['gb_per_step'])} GB read + "
+            f"{_fmt(f['gflop_per_step'])} GFLOP per step at {_fmt(f['bandwidth_gb_s'])} GB/s and "
+            f"{_fmt(f['matmul_gflops'])} GFLOP/s -> {_fmt(f['step_s'])} s per step = {_fmt(f['tok_s'])} tok/s"
+        )
     return lines
 
 
@@ -403,22 +580,35 @@ def _pct(value) -> str:
 
 # --- main ------------------------------------------------------------------------------------
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--shapes", default="tiny,qwen3-0.6b", help=f"comma-separated, of: {', '.join(SHAPES)}")
     p.add_argument("--quick", action="store_true", help="fewer timed runs; no reference-BLAS runs")
-    p.add_argument("--full", action="store_true",
-                   help="also the slow 0.6B runs: peers' steps (minutes each), our step, the 4 x 8 x 512 step")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="also the slow 0.6B runs: peers' steps (minutes each), our step, the 4 x 8 x 512 step",
+    )
     p.add_argument("--only", type=lambda s: set(s.split(",")), help="job ids, e.g. ours-rollout,mlx-lm-batch,trl")
     p.add_argument("--warmup", type=int, help="untimed runs before the timed ones (default: per shape)")
     p.add_argument("--repeats", type=int, help="timed runs; the median is reported (default: per shape)")
-    p.add_argument("--trl-python", default=os.environ.get("MLX_GRPO_BENCH_TRL_PYTHON"),
-                   help="python of a venv with torch, trl, peft (env MLX_GRPO_BENCH_TRL_PYTHON)")
-    p.add_argument("--mlx-lm-lora-python", default=os.environ.get("MLX_GRPO_BENCH_MLX_LM_LORA_PYTHON"),
-                   help="python of a venv with mlx-lm-lora (env MLX_GRPO_BENCH_MLX_LM_LORA_PYTHON)")
-    p.add_argument("--cache-dir", type=Path,
-                   default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlx-grpo-bench",
-                   help="model folders (built once) and each run's specs, results and logs")
+    p.add_argument(
+        "--trl-python",
+        default=os.environ.get("MLX_GRPO_BENCH_TRL_PYTHON"),
+        help="python of a venv with torch, trl, peft (env MLX_GRPO_BENCH_TRL_PYTHON)",
+    )
+    p.add_argument(
+        "--mlx-lm-lora-python",
+        default=os.environ.get("MLX_GRPO_BENCH_MLX_LM_LORA_PYTHON"),
+        help="python of a venv with mlx-lm-lora (env MLX_GRPO_BENCH_MLX_LM_LORA_PYTHON)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlx-grpo-bench",
+        help="model folders (built once) and each run's specs, results and logs",
+    )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per contender")
     p.add_argument("--json", type=Path, help="also write the full results here")
     args = p.parse_args(argv)
@@ -433,8 +623,13 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     run_dir = args.cache_dir / "runs" / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
-    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "run_dir": str(run_dir), "workload": WORKLOAD,
-              "machine": probe_machine(args, run_dir, args.timeout), "shapes": {}}
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "run_dir": str(run_dir),
+        "workload": WORKLOAD,
+        "machine": probe_machine(args, run_dir, args.timeout),
+        "shapes": {},
+    }
     for name in args.shapes:
         shape = SHAPES[name]
         model_dir = build_model(shape, args.cache_dir)
@@ -443,15 +638,27 @@ def main(argv=None) -> dict:
         for job in plan(shape, args):
             spec = make_spec(shape, job, model_dir, args)
             print(f"[{name}] {job.id} ...", end=" ", flush=True)
-            results[job.id] = {"label": job.label, "kind": job.kind, "blas": job.blas, "group_size": spec["group_size"],
-                               "max_tokens": spec["max_tokens"], **run_job(job, spec, run_dir, args.timeout)}
+            results[job.id] = {
+                "label": job.label,
+                "kind": job.kind,
+                "blas": job.blas,
+                "group_size": spec["group_size"],
+                "max_tokens": spec["max_tokens"],
+                **run_job(job, spec, run_dir, args.timeout),
+            }
             print(results[job.id]["status"], flush=True)
         probe = report["machine"]["mlx"]
         rows = len(TASKS) * WORKLOAD["group_size"]
         floor = decode_floor(config, rows, probe) if probe.get("status") == "ok" else None
         derive(results, floor)
-        report["shapes"][name] = {"description": shape.description, "model_dir": str(model_dir), "config": config,
-                                  "workload": {**WORKLOAD, **timing(shape, args)}, "floor": floor, "results": results}
+        report["shapes"][name] = {
+            "description": shape.description,
+            "model_dir": str(model_dir),
+            "config": config,
+            "workload": {**WORKLOAD, **timing(shape, args)},
+            "floor": floor,
+            "results": results,
+        }
     text = render(report)
     print("\n" + text)
     (run_dir / "report.txt").write_text(text + "\n")

@@ -51,7 +51,13 @@ def _time(fn) -> float:
 
 
 def compare_rollout(
-    model_path: str, *, prompts: int = 4, group: int = 4, max_tokens: int = 64, repeats: int = 5, uncompiled: bool = True
+    model_path: str,
+    *,
+    prompts: int = 4,
+    group: int = 4,
+    max_tokens: int = 64,
+    repeats: int = 5,
+    uncompiled: bool = True,
 ) -> dict:
     """Median wall and decode tokens/s of our rollout (compiled and not) and of mlx-lm's batch_generate."""
     model, tokenizer = mlx_lm.load(model_path)

@@ -76,11 +76,18 @@ def train_phrase_tokenizer(corpus: list[str], vocab_size: int):
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
     )
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=modelgen.SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=modelgen.SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     return tokenizer
 
@@ -125,8 +132,8 @@ def make_batch(tokenizer, pairs: list[tuple[Task, str]], stop_id: int, pad_id: i
     ids = np.full((len(examples), width), pad_id, dtype=np.int32)
     mask = np.zeros((len(examples), width - 1), dtype=np.float32)
     for row, (seq, prompt_len) in enumerate(examples):
-        ids[row, :len(seq)] = seq
-        mask[row, prompt_len - 1:len(seq) - 1] = 1.0  # position i predicts token i + 1
+        ids[row, : len(seq)] = seq
+        mask[row, prompt_len - 1 : len(seq) - 1] = 1.0  # position i predicts token i + 1
     return mx.array(ids), mx.array(mask)
 
 
@@ -142,7 +149,9 @@ def example_batches(batch_size: int, seed: int, exclude: set[Task]):
     rng = random.Random(seed)
     index = 0
     while True:
-        tasks = [t for t in generate_tasks(batch_size, SFT_SEED_BASE + rng.randrange(10**9) + index) if t not in exclude]
+        tasks = [
+            t for t in generate_tasks(batch_size, SFT_SEED_BASE + rng.randrange(10**9) + index) if t not in exclude
+        ]
         index += 1
         if tasks:
             yield [(t, warm_start_completion(t, rng)) for t in tasks]
@@ -156,8 +165,20 @@ def lr_schedule(lr: float, steps: int, warmup: int, cooldown: int):
     return optim.join_schedules([up, lambda _: mx.array(lr), down], [warmup, flat_until])
 
 
-def supervised_warm_start(model, tokenizer, *, steps: int, batch_size: int, lr: float, warmup: int, seed: int,
-                          exclude: set[Task], cooldown: int = 0, log_every: int = 25, probe=None) -> list[dict]:
+def supervised_warm_start(
+    model,
+    tokenizer,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup: int,
+    seed: int,
+    exclude: set[Task],
+    cooldown: int = 0,
+    log_every: int = 25,
+    probe=None,
+) -> list[dict]:
     """AdamW on the completion-only loss for `steps` batches; returns the loss log.
 
     `probe(model) -> dict`, if given, is merged into each log line (e.g. a quick greedy accuracy).
@@ -177,8 +198,14 @@ def supervised_warm_start(model, tokenizer, *, steps: int, batch_size: int, lr: 
         mx.eval(loss, model.parameters(), optimizer.state)
         running.append(loss.item())
         if step % log_every == 0 or step == steps:
-            log.append({"step": step, "loss": float(np.mean(running)), "time_s": round(time.time() - start, 1),
-                        "cpu_s": round(time.process_time() - cpu_start, 1)})
+            log.append(
+                {
+                    "step": step,
+                    "loss": float(np.mean(running)),
+                    "time_s": round(time.time() - start, 1),
+                    "cpu_s": round(time.process_time() - cpu_start, 1),
+                }
+            )
             if probe is not None:
                 log[-1].update(probe(model))
             print(json.dumps(log[-1]), flush=True)
@@ -210,7 +237,9 @@ def main(argv=None) -> None:
     parser.add_argument("--rope-theta", type=float, default=10_000.0)
     parser.add_argument("--eval-tasks", type=int, default=1000, help="held-out tasks scored at the end (0: none)")
     parser.add_argument("--eval-seed", type=int, default=None, help="default: the demo's evaluation seed")
-    parser.add_argument("--probe-tasks", type=int, default=0, help="greedy accuracy on N held-out tasks at each log line")
+    parser.add_argument(
+        "--probe-tasks", type=int, default=0, help="greedy accuracy on N held-out tasks at each log line"
+    )
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
@@ -224,8 +253,13 @@ def main(argv=None) -> None:
         if not args.overwrite:
             raise SystemExit(f"{out} exists; pass --overwrite to rebuild it")
         shutil.rmtree(out)
-    shape = dict(hidden_size=args.hidden_size, num_hidden_layers=args.layers, intermediate_size=args.ffn,
-                 num_attention_heads=args.heads, num_key_value_heads=args.kv_heads)
+    shape = dict(
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.layers,
+        intermediate_size=args.ffn,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+    )
     start = time.time()
     build_untrained(out, args.seed, shape, args.rope_theta, args.vocab_size)
     model, tokenizer = mlx_lm.load(str(out))
@@ -234,16 +268,29 @@ def main(argv=None) -> None:
     if args.probe_tasks:
         probe_tasks = held_out_tasks(EVAL_SEED)[: args.probe_tasks]
         probe = lambda m: {"probe_accuracy": held_out_accuracy(m, tokenizer, probe_tasks, MAX_TOKENS)["accuracy"]}
-    log = supervised_warm_start(model, tokenizer, steps=args.sft_steps, batch_size=args.batch_size, lr=args.lr,
-                                warmup=args.warmup, cooldown=args.cooldown, seed=args.seed, exclude=exclude,
-                                log_every=args.log_every,
-                                probe=probe)
+    log = supervised_warm_start(
+        model,
+        tokenizer,
+        steps=args.sft_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        cooldown=args.cooldown,
+        seed=args.seed,
+        exclude=exclude,
+        log_every=args.log_every,
+        probe=probe,
+    )
     config = json.loads((out / "config.json").read_text())
     modelgen.save_model(model, config, out)
     built_s = time.time() - start
-    result = {"seed": args.seed, "sft_steps": args.sft_steps, "build_s": round(built_s, 1),
-              "params": sum(v.size for _, v in tree_flatten(model.parameters())),
-              "final_loss": log[-1]["loss"]}
+    result = {
+        "seed": args.seed,
+        "sft_steps": args.sft_steps,
+        "build_s": round(built_s, 1),
+        "params": sum(v.size for _, v in tree_flatten(model.parameters())),
+        "final_loss": log[-1]["loss"],
+    }
     if args.eval_tasks:
         tasks = held_out_tasks(args.eval_seed if args.eval_seed is not None else EVAL_SEED)[: args.eval_tasks]
         result.update(held_out_accuracy(model, tokenizer, tasks, MAX_TOKENS))

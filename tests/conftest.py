@@ -31,8 +31,14 @@ _CORPUS = [
 def build_tiny(path: Path, seed: int = 0, **shape) -> Path:
     from mlx_grpo.modelgen import build_tiny_model
 
-    shape = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
-             "num_attention_heads": 4, "num_key_value_heads": 2, **shape}
+    shape = {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        **shape,
+    }
     # embed_std 0.1: logits can move far enough from uniform for RL tests to see learning.
     return build_tiny_model(path, _CORPUS * 4, seed=seed, vocab_size=320, embed_std=0.1, **shape)
 

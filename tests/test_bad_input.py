@@ -21,8 +21,10 @@ from test_export import make_run
 
 from mlx_grpo.config import TrainConfig
 
-TASKS = "".join(json.dumps({"target": t, "nums": n}) + "\n" for t, n in
-                [(98, [44, 19, 35]), (29, [76, 47, 2, 2]), (10, [5, 2]), (24, [6, 4, 1]), (7, [3, 4]), (12, [3, 4, 1])])
+TASKS = "".join(
+    json.dumps({"target": t, "nums": n}) + "\n"
+    for t, n in [(98, [44, 19, 35]), (29, [76, 47, 2, 2]), (10, [5, 2]), (24, [6, 4, 1]), (7, [3, 4]), (12, [3, 4, 1])]
+)
 
 # What the workspace holds: name -> text (a str ending in "/" names an empty folder).
 FILES = {
@@ -36,7 +38,7 @@ FILES = {
     "one_num.jsonl": '{"target": 3, "nums": [3]}\n',
     "negative.jsonl": '{"target": 3, "nums": [-1, 4]}\n',
     "not_rows.json": '{"rows": 3}',
-    "no_target.csv": "nums\n\"[1, 2]\"\n",
+    "no_target.csv": 'nums\n"[1, 2]"\n',
     "garbage.parquet": "PAR1 not really parquet",
     "tasks.txt": TASKS,
     "latin1.jsonl": b'{"target": 3, "nums": [1, 2]}\n\xff\xfe\n',
@@ -101,14 +103,37 @@ def _fake_run(folder: Path, model: str) -> None:
 
 def tree_hash(root: Path) -> dict[str, str]:
     """Every path under root (folders too) -> a hash of its content ('' for folders)."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
-            for p in sorted(root.rglob("*"))}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
+        for p in sorted(root.rglob("*"))
+    }
 
 
 # A tiny run (should a case wrongly get through, it ends in seconds).
-TRAIN = ["train", "--model", "{ws}/model", "--dataset", "{ws}/tasks.jsonl", "--num-samples", "5", "--test-size",
-         "0.2", "--output-dir", "{out}", "--quiet", "--max-steps", "1", "--batch-size", "1", "--num-generations", "2",
-         "--max-completion-length", "2", "--eval-samples", "1"]
+TRAIN = [
+    "train",
+    "--model",
+    "{ws}/model",
+    "--dataset",
+    "{ws}/tasks.jsonl",
+    "--num-samples",
+    "5",
+    "--test-size",
+    "0.2",
+    "--output-dir",
+    "{out}",
+    "--quiet",
+    "--max-steps",
+    "1",
+    "--batch-size",
+    "1",
+    "--num-generations",
+    "2",
+    "--max-completion-length",
+    "2",
+    "--eval-samples",
+    "1",
+]
 
 
 def train(*args: str) -> list[str]:
@@ -122,8 +147,19 @@ def data(name: str, samples: str = "1") -> list[str]:
 
 
 def eval_(*args: str) -> list[str]:
-    return ["eval", "--model", "{ws}/model", "--dataset", "{ws}/tasks.jsonl", "--num-samples", "2",
-            "--max-tokens", "2", "--quiet", *args]
+    return [
+        "eval",
+        "--model",
+        "{ws}/model",
+        "--dataset",
+        "{ws}/tasks.jsonl",
+        "--num-samples",
+        "2",
+        "--max-tokens",
+        "2",
+        "--quiet",
+        *args,
+    ]
 
 
 # (id, argv, a fragment the message must hold)

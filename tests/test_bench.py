@@ -23,10 +23,25 @@ def bench():
 
 def test_quick_run_reports_rollouts_skips_absent_peers_and_writes_json(bench, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    report = bench.main([
-        "--quick", "--shapes", "tiny", "--warmup", "0", "--repeats", "1", "--only", "ours-rollout,mlx-lm-batch,trl",
-        "--trl-python", str(tmp_path / "no-such-python"), "--cache-dir", str(tmp_path / "cache"), "--json", str(out),
-    ])
+    report = bench.main(
+        [
+            "--quick",
+            "--shapes",
+            "tiny",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--only",
+            "ours-rollout,mlx-lm-batch,trl",
+            "--trl-python",
+            str(tmp_path / "no-such-python"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
 
     probe = report["machine"]["mlx"]

@@ -36,16 +36,20 @@ def _clean_env(**extra) -> dict:
 
 
 def _probe(**extra) -> dict:
-    out = subprocess.run([sys.executable, "-c", _PROBE], env=_clean_env(**extra), capture_output=True, text=True,
-                         check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE], env=_clean_env(**extra), capture_output=True, text=True, check=True, timeout=60
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("extra", [
-    {blas.OPT_OUT_VAR: "1"},
-    {blas.GUARD_VAR: "1"},
-    {"LD_PRELOAD": "/somewhere/libopenblas.so.0"},
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {blas.OPT_OUT_VAR: "1"},
+        {blas.GUARD_VAR: "1"},
+        {"LD_PRELOAD": "/somewhere/libopenblas.so.0"},
+    ],
+)
 def test_no_reexec_when_opted_out_guarded_or_already_preloaded(extra):
     assert blas.openblas_reexec_env(_clean_env(**extra)) is None
 

@@ -9,8 +9,9 @@ import pytest
 
 from mlx_grpo.demo import BUNDLED_MODEL, EVAL_SEED, held_out_tasks
 
-pytestmark = pytest.mark.skipif(not (BUNDLED_MODEL / "model.safetensors").is_file(),
-                                reason="bundled model not built (scripts/build_tiny_model.py)")
+pytestmark = pytest.mark.skipif(
+    not (BUNDLED_MODEL / "model.safetensors").is_file(), reason="bundled model not built (scripts/build_tiny_model.py)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def test_folder_is_a_small_offline_qwen3(bundled, monkeypatch):
 def test_tokenizer_splits_digits_and_has_chat_tokens(bundled):
     _, tokenizer = bundled
     pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode("98 = 44 + 54", add_special_tokens=False))
-    assert [p for p in pieces if any(ch.isdigit() for ch in p)] == list("98445" "4")
+    assert [p for p in pieces if any(ch.isdigit() for ch in p)] == list("984454")
     for special in ("<|im_start|>", "<|im_end|>", "<think>", "</think>"):
         assert tokenizer.encode(special, add_special_tokens=False) == [tokenizer.convert_tokens_to_ids(special)]
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in tokenizer.eos_token_ids
@@ -60,6 +61,7 @@ def test_it_solves_some_held_out_tasks_greedily(bundled):
     result = evaluate(model, tokenizer, held_out_tasks(EVAL_SEED, 96), max_tokens=64, batch_size=96, samples=samples)
     assert result["format_rate"] > 0.8
     assert result["accuracy"] > 0.04
+
     # equation rate, recounted from the answers: an arithmetic expression (operators present, no
     # division by zero) that uses the numbers exactly once
     def is_equation(completion: str, nums: list[int]) -> bool:

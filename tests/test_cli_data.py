@@ -17,7 +17,9 @@ from mlx_grpo.errors import UserError
 
 
 def run(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mlx_grpo", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "mlx_grpo", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 def invoke(*args):
@@ -25,6 +27,7 @@ def invoke(*args):
 
 
 # --- as a process: exit codes and stderr ---------------------------------------------------------
+
 
 def test_generate_writes_solvable_tasks(tmp_path):
     out = tmp_path / "sub" / "tasks.jsonl"
@@ -49,12 +52,17 @@ def test_solve_without_solution_exits_1():
     assert result.stderr == "no solution: [4, 4, 4] cannot reach 1 with + - * / using each number once\n"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["data", "stats", "missing.jsonl"], "error: missing.jsonl: no such file\n"),
-    (["data", "stats", "bad.jsonl"], "error: bad.jsonl, line 2: malformed JSON: Expecting value (column 1)\n"),
-    (["data", "solve", "--nums", "4,x", "--target", "1"],
-     "error: --nums must be integers separated by commas (like 44,19,35), got '4,x'\n"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data", "stats", "missing.jsonl"], "error: missing.jsonl: no such file\n"),
+        (["data", "stats", "bad.jsonl"], "error: bad.jsonl, line 2: malformed JSON: Expecting value (column 1)\n"),
+        (
+            ["data", "solve", "--nums", "4,x", "--target", "1"],
+            "error: --nums must be integers separated by commas (like 44,19,35), got '4,x'\n",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     (tmp_path / "bad.jsonl").write_text('{"target": 3, "nums": [1, 2]}\n]\n')
     result = run(*args, cwd=tmp_path)
@@ -63,6 +71,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 
 
 # --- through CliRunner ---------------------------------------------------------------------
+
 
 def test_generate_is_reproducible_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "tasks.jsonl"
@@ -85,14 +94,20 @@ def test_generate_progress_goes_to_stderr(tmp_path):
     assert "generating" in result.stderr and "generating" not in result.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["data", "generate", "--num", "0", "-o", "x.jsonl"], "--num must be >= 1, got 0"),
-    (["data", "solve", "--nums", "1,2", "--target", "1.5"], "--target must be an integer, got '1.5'"),
-    (["data", "solve", "--nums", "", "--target", "1"], "--nums must be integers separated by commas"),
-    (["data", "solve", "--nums", "1,2,3,4,5,6,7", "--target", "1"], "--nums: the solver takes 1 to 6 numbers, got 7"),
-    (["data", "solve", "--nums", "1,-2", "--target", "1"], "--nums: numbers must be non-negative, got [1, -2]"),
-    (["data", "stats", "generate", "--num", "0"], "the number of samples must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data", "generate", "--num", "0", "-o", "x.jsonl"], "--num must be >= 1, got 0"),
+        (["data", "solve", "--nums", "1,2", "--target", "1.5"], "--target must be an integer, got '1.5'"),
+        (["data", "solve", "--nums", "", "--target", "1"], "--nums must be integers separated by commas"),
+        (
+            ["data", "solve", "--nums", "1,2,3,4,5,6,7", "--target", "1"],
+            "--nums: the solver takes 1 to 6 numbers, got 7",
+        ),
+        (["data", "solve", "--nums", "1,-2", "--target", "1"], "--nums: numbers must be non-negative, got [1, -2]"),
+        (["data", "stats", "generate", "--num", "0"], "the number of samples must be >= 1, got 0"),
+    ],
+)
 def test_bad_flags(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     result = invoke(*args)

@@ -17,7 +17,7 @@ def test_yaml_floats_and_falsy_values_survive(tmp_path):
 
 def test_precedence_defaults_then_base_then_file_then_flags(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('max_steps = 30\nbatch_size = 2\n')
+    path.write_text("max_steps = 30\nbatch_size = 2\n")
     config = build_config(path, {"max_steps": 5, "batch_size": None}, base={"max_steps": 99, "num_generations": 4})
     assert config.max_steps == 5  # flag beats file
     assert config.batch_size == 2  # file beats default; a flag left out (None) does not count
@@ -25,20 +25,23 @@ def test_precedence_defaults_then_base_then_file_then_flags(tmp_path):
     assert config.temperature == TrainConfig().temperature
 
 
-@pytest.mark.parametrize("text,message", [
-    ("bogus_key: 1\n", "unknown key"),
-    ("max_steps: many\n", "max_steps must be an integer"),
-    ("max_steps: 2.5\n", "max_steps must be an integer"),
-    ("learning_rate: fast\n", "learning_rate must be a number"),
-    ("enable_thinking: 3\n", "enable_thinking must be true or false"),
-    ("num_generations: 1\n", "num_generations must be at least 2"),
-    ("loss_type: ppo\n", "loss_type must be one of"),
-    ("temperature: 0\n", "temperature must be positive"),
-    ("top_p: 1.5\n", "top_p must be in"),
-    ("- a\n- b\n", "must hold a mapping"),
-    ("max_steps: [1\n", "cannot parse"),
-    ("grad_accumulation: 3\n", "grad_accumulation must divide"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("bogus_key: 1\n", "unknown key"),
+        ("max_steps: many\n", "max_steps must be an integer"),
+        ("max_steps: 2.5\n", "max_steps must be an integer"),
+        ("learning_rate: fast\n", "learning_rate must be a number"),
+        ("enable_thinking: 3\n", "enable_thinking must be true or false"),
+        ("num_generations: 1\n", "num_generations must be at least 2"),
+        ("loss_type: ppo\n", "loss_type must be one of"),
+        ("temperature: 0\n", "temperature must be positive"),
+        ("top_p: 1.5\n", "top_p must be in"),
+        ("- a\n- b\n", "must hold a mapping"),
+        ("max_steps: [1\n", "cannot parse"),
+        ("grad_accumulation: 3\n", "grad_accumulation must divide"),
+    ],
+)
 def test_bad_config_files_give_one_line_errors(tmp_path, text, message):
     path = tmp_path / "c.yaml"
     path.write_text(text)

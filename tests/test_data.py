@@ -15,7 +15,11 @@ from mlx_grpo.countdown.generator import generate_tasks
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.errors import UserError
 
-ROWS = [{"target": 98, "nums": [44, 19, 35]}, {"target": 64, "nums": [63, 95, 96]}, {"target": 24, "nums": [47, 76, 55, 60]}]
+ROWS = [
+    {"target": 98, "nums": [44, 19, 35]},
+    {"target": 64, "nums": [63, 95, 96]},
+    {"target": 24, "nums": [47, 76, 55, 60]},
+]
 TASKS = [Task(98, (44, 19, 35)), Task(64, (63, 95, 96)), Task(24, (47, 76, 55, 60))]
 
 
@@ -39,6 +43,7 @@ def write_csv(path, header, rows):
 
 # --- every format gives the same tasks -------------------------------------------------------
 
+
 def test_real_sample_loads_2000_tasks_in_file_order(real_file):
     tasks = read_tasks(str(real_file))
     assert len(tasks) == 2000
@@ -46,21 +51,44 @@ def test_real_sample_loads_2000_tasks_in_file_order(real_file):
     assert sorted(load_tasks(str(real_file)), key=repr) == sorted(tasks, key=repr)  # shuffled, all kept
 
 
-@pytest.mark.parametrize("name, write", [
-    ("t.jsonl", lambda p: write_jsonl(p, ROWS)),
-    ("blank_lines.jsonl", lambda p: p.write_text("\n".join(["", json.dumps(ROWS[0]), "", json.dumps(ROWS[1]), json.dumps(ROWS[2])]))),
-    ("unicode.jsonl", lambda p: p.write_text("".join(  # a raw U+2028 inside a JSON string is not a line break
-        json.dumps(dict(row, note="a\u2028b"), ensure_ascii=False) + "\r\n" for row in ROWS), encoding="utf-8")),
-    ("list.json", lambda p: p.write_text(json.dumps(ROWS))),
-    ("field.json", lambda p: p.write_text(json.dumps({"data": ROWS}))),
-    ("lines.json", lambda p: write_jsonl(p, ROWS)),  # JSON Lines in a .json file, as datasets accepts
-    ("t.parquet", lambda p: pq.write_table(pa.Table.from_pylist(
-        [dict(row, prompt="ignored", data_source="countdown") for row in ROWS]), p)),
-    ("datasets.parquet", lambda p: datasets.Dataset.from_list(ROWS).to_parquet(str(p))),
-    ("pandas.csv", lambda p: write_csv(p, ["target", "nums", "extra"], [[r["target"], str(r["nums"]), "x"] for r in ROWS])),
-    ("datasets.csv", lambda p: datasets.Dataset.from_list(ROWS).to_csv(str(p), index=False)),  # "[44 19 35]"
-    ("plain.csv", lambda p: write_csv(p, ["nums", "target"], [[" ".join(map(str, r["nums"])), r["target"]] for r in ROWS])),
-])
+@pytest.mark.parametrize(
+    "name, write",
+    [
+        ("t.jsonl", lambda p: write_jsonl(p, ROWS)),
+        (
+            "blank_lines.jsonl",
+            lambda p: p.write_text("\n".join(["", json.dumps(ROWS[0]), "", json.dumps(ROWS[1]), json.dumps(ROWS[2])])),
+        ),
+        (
+            "unicode.jsonl",
+            lambda p: p.write_text(
+                "".join(  # a raw U+2028 inside a JSON string is not a line break
+                    json.dumps(dict(row, note="a\u2028b"), ensure_ascii=False) + "\r\n" for row in ROWS
+                ),
+                encoding="utf-8",
+            ),
+        ),
+        ("list.json", lambda p: p.write_text(json.dumps(ROWS))),
+        ("field.json", lambda p: p.write_text(json.dumps({"data": ROWS}))),
+        ("lines.json", lambda p: write_jsonl(p, ROWS)),  # JSON Lines in a .json file, as datasets accepts
+        (
+            "t.parquet",
+            lambda p: pq.write_table(
+                pa.Table.from_pylist([dict(row, prompt="ignored", data_source="countdown") for row in ROWS]), p
+            ),
+        ),
+        ("datasets.parquet", lambda p: datasets.Dataset.from_list(ROWS).to_parquet(str(p))),
+        (
+            "pandas.csv",
+            lambda p: write_csv(p, ["target", "nums", "extra"], [[r["target"], str(r["nums"]), "x"] for r in ROWS]),
+        ),
+        ("datasets.csv", lambda p: datasets.Dataset.from_list(ROWS).to_csv(str(p), index=False)),  # "[44 19 35]"
+        (
+            "plain.csv",
+            lambda p: write_csv(p, ["nums", "target"], [[" ".join(map(str, r["nums"])), r["target"]] for r in ROWS]),
+        ),
+    ],
+)
 def test_every_format_reads_the_same_tasks(tmp_path, name, write):
     path = tmp_path / name
     write(path)
@@ -84,6 +112,7 @@ def test_generate_source():
 
 # --- split and statistics --------------------------------------------------------------------
 
+
 def test_split_keeps_the_tail_as_test_set():
     tasks = generate_tasks(1000, seed=0)
     train, test = split_tasks(tasks, 0.1)
@@ -101,11 +130,14 @@ def test_split_sizes_match_datasets_train_test_split(n, test_size):
     assert len(test) == expected and len(train) + len(test) == n
 
 
-@pytest.mark.parametrize("test_size, message", [
-    (1.0, "test_size must be in [0, 1), got 1.0"),
-    (-0.1, "test_size must be in [0, 1), got -0.1"),
-    (0.9, "test_size 0.9 of 2 tasks leaves no training tasks"),
-])
+@pytest.mark.parametrize(
+    "test_size, message",
+    [
+        (1.0, "test_size must be in [0, 1), got 1.0"),
+        (-0.1, "test_size must be in [0, 1), got -0.1"),
+        (0.9, "test_size 0.9 of 2 tasks leaves no training tasks"),
+    ],
+)
 def test_split_rejects_bad_sizes(test_size, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         split_tasks(TASKS[:2], test_size)
@@ -135,11 +167,17 @@ BAD_FILES = [
     # (file name, content: str, bytes or rows, expected message after the file name)
     ("empty.jsonl", "", ": no tasks (the file is empty)"),
     ("blank.jsonl", "\n  \n", ": no tasks (the file is empty)"),
-    ("malformed.jsonl", '{"target": 98, "nums": [44, 19, 35]}\n{"target": 98, "nums": [44, 19\n',
-     ", line 2: malformed JSON: Expecting ',' delimiter (column 31)"),
+    (
+        "malformed.jsonl",
+        '{"target": 98, "nums": [44, 19, 35]}\n{"target": 98, "nums": [44, 19\n',
+        ", line 2: malformed JSON: Expecting ',' delimiter (column 31)",
+    ),
     ("list.jsonl", "[98, [44, 19, 35]]\n", ", line 1: expected an object with 'target' and 'nums', got list"),
-    ("no_nums.jsonl", [{"target": 98, "numbers": [1, 2]}],
-     ", line 1: missing 'nums' (each row needs 'target' and 'nums'; found ['numbers', 'target'])"),
+    (
+        "no_nums.jsonl",
+        [{"target": 98, "numbers": [1, 2]}],
+        ", line 1: missing 'nums' (each row needs 'target' and 'nums'; found ['numbers', 'target'])",
+    ),
     ("no_target.jsonl", [ROWS[0], {"nums": [1, 2]}], ", line 2: missing 'target'"),
     ("float_target.jsonl", [{"target": 3.5, "nums": [1, 2]}], ", line 1: 'target' must be an integer, got 3.5"),
     ("whole_float.jsonl", [{"target": 3.0, "nums": [1, 2]}], ", line 1: 'target' must be an integer, got 3.0"),
@@ -148,7 +186,11 @@ BAD_FILES = [
     ("null_target.jsonl", [{"target": None, "nums": [1, 2]}], ", line 1: 'target' must be an integer, got None"),
     ("float_num.jsonl", [{"target": 9, "nums": [1, 3.5]}], ", line 1: 'nums' must be a list of integers, got [1, 3.5]"),
     ("str_num.jsonl", [{"target": 9, "nums": [1, "x"]}], ", line 1: 'nums' must be a list of integers, got [1, 'x']"),
-    ("bool_num.jsonl", [{"target": 9, "nums": [1, True]}], ", line 1: 'nums' must be a list of integers, got [1, True]"),
+    (
+        "bool_num.jsonl",
+        [{"target": 9, "nums": [1, True]}],
+        ", line 1: 'nums' must be a list of integers, got [1, True]",
+    ),
     ("str_nums.jsonl", [{"target": 9, "nums": "1 2 3"}], ", line 1: 'nums' must be a list of integers, got '1 2 3'"),
     ("dict_nums.jsonl", [{"target": 9, "nums": {"a": 1}}], ", line 1: 'nums' must be a list of integers, got {'a': 1}"),
     ("one_num.jsonl", [{"target": 9, "nums": [9]}], ", line 1: 'nums' must hold 2 to 6 numbers, got 1"),
@@ -156,20 +198,42 @@ BAD_FILES = [
     ("many_nums.jsonl", [{"target": 9, "nums": list(range(1, 8))}], ", line 1: 'nums' must hold 2 to 6 numbers, got 7"),
     ("negative.jsonl", [{"target": 9, "nums": [-1, 10]}], ", line 1: 'nums' must be non-negative"),
     ("huge.jsonl", '{"target": 1' + "0" * 5000 + ', "nums": [1, 2]}\n', ", line 1: malformed JSON: Exceeds the limit"),
-    ("latin1.jsonl", b'{"target": 9, "nums": [1, 2]}\n{"target": 9, "nums": [1, 2]} \xe9t\xe9\n',
-     ", line 2: not UTF-8 text (invalid continuation byte)"),
-    ("latin1.csv", b"target,nums\n9,[1 2]\n9,[1 2] \xe9t\xe9\n", ", line 3: not UTF-8 text (invalid continuation byte)"),
-    ("malformed.json", '[{"target": 98, "nums": [44, 19, 35]},\n {"target": }]', ", line 2: malformed JSON: Expecting value (column 13)"),
+    (
+        "latin1.jsonl",
+        b'{"target": 9, "nums": [1, 2]}\n{"target": 9, "nums": [1, 2]} \xe9t\xe9\n',
+        ", line 2: not UTF-8 text (invalid continuation byte)",
+    ),
+    (
+        "latin1.csv",
+        b"target,nums\n9,[1 2]\n9,[1 2] \xe9t\xe9\n",
+        ", line 3: not UTF-8 text (invalid continuation byte)",
+    ),
+    (
+        "malformed.json",
+        '[{"target": 98, "nums": [44, 19, 35]},\n {"target": }]',
+        ", line 2: malformed JSON: Expecting value (column 13)",
+    ),
     ("number.json", "42", ': expected a list of {"target", "nums"} objects or {"data": [...]}, got int 42'),
     ("item.json", json.dumps([ROWS[0], {"nums": [1, 2]}]), ", item 2: missing 'target'"),
-    ("field.json", json.dumps({"data": [ROWS[0], {"target": 1, "nums": [1.5, 2]}]}),
-     ", item 2: 'nums' must be a list of integers, got [1.5, 2]"),
+    (
+        "field.json",
+        json.dumps({"data": [ROWS[0], {"target": 1, "nums": [1.5, 2]}]}),
+        ", item 2: 'nums' must be a list of integers, got [1.5, 2]",
+    ),
     ("empty.json", "  \n", ": no tasks (the file is empty)"),
     ("empty_list.json", "[]", ": no tasks (the file is empty)"),
     ("empty.csv", "", ": no tasks (the file is empty)"),
     ("header_only.csv", "target,nums\n", ": no tasks (the file is empty)"),
-    ("no_nums.csv", "target,numbers\n98,[44 19 35]\n", ": missing column 'nums' (needs 'target' and 'nums'; found 'target', 'numbers')"),
-    ("bad_cell.csv", 'target,nums\n98,"[44, 19, 35]"\n9,"[1, x]"\n', ", line 3: 'nums' must be a list of integers, got '[1, x]'"),
+    (
+        "no_nums.csv",
+        "target,numbers\n98,[44 19 35]\n",
+        ": missing column 'nums' (needs 'target' and 'nums'; found 'target', 'numbers')",
+    ),
+    (
+        "bad_cell.csv",
+        'target,nums\n98,"[44, 19, 35]"\n9,"[1, x]"\n',
+        ", line 3: 'nums' must be a list of integers, got '[1, x]'",
+    ),
     ("float.csv", "target,nums\n3.5,[1 2]\n", ", line 2: 'target' must be an integer, got '3.5'"),
     ("short_row.csv", "target,nums\n98\n", ", line 2: 'nums' must be a list of integers, got None"),
     ("text.parquet", "not parquet at all", ": not a readable Parquet file"),
@@ -188,12 +252,18 @@ def test_bad_files(tmp_path, name, content, message):
     assert_user_error(lambda: load_tasks(str(path)), f"{path}{message}")
 
 
-@pytest.mark.parametrize("columns, message", [
-    ({"target": [98], "numbers": [[1, 2]]}, ": missing column 'nums' (needs 'target' and 'nums'; found 'target', 'numbers')"),
-    ({"target": [98.0, 3.5], "nums": [[1, 2], [1, 2]]}, ", row 1: 'target' must be an integer, got 98.0"),
-    ({"target": [98, 5], "nums": [[1, 2], [1, None]]}, ", row 2: 'nums' must be a list of integers, got [1, None]"),
-    ({"target": [98], "nums": ["[1, 2]"]}, ", row 1: 'nums' must be a list of integers, got '[1, 2]'"),
-])
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        (
+            {"target": [98], "numbers": [[1, 2]]},
+            ": missing column 'nums' (needs 'target' and 'nums'; found 'target', 'numbers')",
+        ),
+        ({"target": [98.0, 3.5], "nums": [[1, 2], [1, 2]]}, ", row 1: 'target' must be an integer, got 98.0"),
+        ({"target": [98, 5], "nums": [[1, 2], [1, None]]}, ", row 2: 'nums' must be a list of integers, got [1, None]"),
+        ({"target": [98], "nums": ["[1, 2]"]}, ", row 1: 'nums' must be a list of integers, got '[1, 2]'"),
+    ],
+)
 def test_bad_parquet_files(tmp_path, columns, message):
     path = tmp_path / "bad.parquet"
     pq.write_table(pa.table(columns), path)
@@ -205,11 +275,16 @@ def test_bad_paths_and_sizes(tmp_path, real_file):
     for source, message in [
         (tmp_path / "missing.jsonl", f"{tmp_path / 'missing.jsonl'}: no such file"),
         (tmp_path, f"{tmp_path} is a directory, not a dataset file"),
-        (tmp_path / "notes.txt", f"{tmp_path / 'notes.txt'}: unsupported file type '.txt' (use .jsonl, .json, .parquet, .csv)"),
+        (
+            tmp_path / "notes.txt",
+            f"{tmp_path / 'notes.txt'}: unsupported file type '.txt' (use .jsonl, .json, .parquet, .csv)",
+        ),
     ]:
-        assert_user_error(lambda: load_tasks(str(source)), message)
-    assert_user_error(lambda: load_tasks(str(real_file), num_samples=2001),
-                      f"{real_file}: asked for 2001 samples but it holds only 2000 tasks")
+        assert_user_error(lambda source=source: load_tasks(str(source)), message)
+    assert_user_error(
+        lambda: load_tasks(str(real_file), num_samples=2001),
+        f"{real_file}: asked for 2001 samples but it holds only 2000 tasks",
+    )
     assert_user_error(lambda: load_tasks(str(real_file), num_samples=0), "the number of samples must be >= 1, got 0")
     assert_user_error(lambda: load_tasks("generate", num_samples=-5), "the number of samples must be >= 1, got -5")
     assert_user_error(lambda: load_tasks(str(real_file), seed=-1), "the shuffle seed must be >= 0, got -1")
@@ -217,9 +292,10 @@ def test_bad_paths_and_sizes(tmp_path, real_file):
 
 def test_unreachable_hub_dataset_points_to_offline_options(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # conftest sets it too; the Hub is never contacted
-    message = assert_user_error(lambda: load_tasks("nobody-here/made-up-countdown-tasks"),
-                                "'nobody-here/made-up-countdown-tasks' is not a local file and the Hugging Face Hub "
-                                "is out of reach (HF_")
+    message = assert_user_error(
+        lambda: load_tasks("nobody-here/made-up-countdown-tasks"),
+        "'nobody-here/made-up-countdown-tasks' is not a local file and the Hugging Face Hub is out of reach (HF_",
+    )
     assert "`make demo`" in message and "`generate`" in message and "local .jsonl" in message
 
 
@@ -237,6 +313,8 @@ def test_either_offline_variable_gives_the_hint_at_once(monkeypatch, variable):
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv(variable, "1")
-    message = assert_user_error(lambda: load_tasks("nobody-here/made-up-countdown-tasks"),
-                                "'nobody-here/made-up-countdown-tasks' is not a local file")
+    message = assert_user_error(
+        lambda: load_tasks("nobody-here/made-up-countdown-tasks"),
+        "'nobody-here/made-up-countdown-tasks' is not a local file",
+    )
     assert f"({variable} is set)" in message

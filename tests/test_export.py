@@ -19,8 +19,15 @@ from mlx_grpo.errors import UserError
 from mlx_grpo.export import read_run, write_peft
 from mlx_grpo.hub import export_run
 
-KEYS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+KEYS = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+]
 TOKENS = mx.array([[1, 5, 9, 42, 77, 100, 200, 3]])
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 
@@ -45,8 +52,12 @@ def make_run(folder: Path, base: Path, *, num_layers: int = 1, seed: int = 0):
     mx.eval(model.parameters())
     folder.mkdir(parents=True)
     mx.save_safetensors(str(folder / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
-    adapter_config = {"fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": lora,
-                      "base_model": str(base)}
+    adapter_config = {
+        "fine_tune_type": "lora",
+        "num_layers": num_layers,
+        "lora_parameters": lora,
+        "base_model": str(base),
+    }
     (folder / "adapter_config.json").write_text(json.dumps(adapter_config))
     config = TrainConfig(model=str(base), max_steps=3, lora_rank=4, lora_layers=num_layers, output_dir=str(folder))
     (folder / "config.json").write_text(json.dumps(config.to_dict()))
@@ -60,8 +71,11 @@ def make_run(folder: Path, base: Path, *, num_layers: int = 1, seed: int = 0):
 
 
 def tree_hash(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")

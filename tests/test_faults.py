@@ -47,10 +47,23 @@ def reward(tmp_path_factory) -> str:
 
 def settings(model, out, reward, **overrides) -> dict:
     return {
-        "model": str(model), "dataset": "generate", "rewards": ["format", "equation", reward], "num_samples": 40,
-        "test_size": 0.2, "batch_size": 2, "num_generations": 4, "max_completion_length": 8, "max_steps": STEPS,
-        "learning_rate": 5e-3, "output_dir": str(out), "eval_every": 0, "eval_samples": 2, "save_every": 2,
-        "log_completions_every": 1, "seed": 3, **overrides,
+        "model": str(model),
+        "dataset": "generate",
+        "rewards": ["format", "equation", reward],
+        "num_samples": 40,
+        "test_size": 0.2,
+        "batch_size": 2,
+        "num_generations": 4,
+        "max_completion_length": 8,
+        "max_steps": STEPS,
+        "learning_rate": 5e-3,
+        "output_dir": str(out),
+        "eval_every": 0,
+        "eval_samples": 2,
+        "save_every": 2,
+        "log_completions_every": 1,
+        "seed": 3,
+        **overrides,
     }
 
 
@@ -97,6 +110,7 @@ def checkpoint_steps(run: Path) -> list[int]:
 # --- SIGKILL / resume --------------------------------------------------------------------------
 # Each moment: (name, trigger). A trigger gets the run dir and what it held when the process
 # started, and returns the seconds to wait before the kill once the moment has come, or None.
+
 
 def _temp_folders(run: Path) -> set[str]:
     folder = run / CHECKPOINTS
@@ -153,8 +167,11 @@ MOMENTS = [
 def kill_at(argv, run: Path, trigger) -> tuple[int, str]:
     """Run `argv` until `trigger` fires, then SIGKILL it; return (exit code, stderr)."""
     rows = read_metrics(run)
-    begin = {"checkpoints": checkpoint_steps(run), "step": max([r["step"] for r in rows], default=0),
-             "temp": _temp_folders(run)}
+    begin = {
+        "checkpoints": checkpoint_steps(run),
+        "step": max([r["step"] for r in rows], default=0),
+        "temp": _temp_folders(run),
+    }
     proc = start(argv)
     t0 = time.monotonic()
     try:
@@ -183,8 +200,10 @@ def check_after_kill(run: Path, model: Path) -> int:
     published = run / "adapters.safetensors"
     assert published.exists()
     mlx_lm.load(str(model), adapter_path=str(run))  # the published adapters always load ...
-    assert any(published.read_bytes() == (c / "adapters.safetensors").read_bytes()  # ... and are a checkpoint's
-               for c in list_checkpoints(run))
+    assert any(
+        published.read_bytes() == (c / "adapters.safetensors").read_bytes()  # ... and are a checkpoint's
+        for c in list_checkpoints(run)
+    )
     return int(latest.name.split("-")[1])
 
 
@@ -220,7 +239,8 @@ def reference(tmp_path_factory, tiny_model_path, reward):
 
 
 def test_sigkill_at_six_moments_then_resume_ends_with_the_uninterrupted_adapters(
-        tiny_model_path, tmp_path, reward, reference):
+    tiny_model_path, tmp_path, reward, reference
+):
     run = tmp_path / "run"
     argv = train_argv(tiny_model_path, run, reward)
     cycles = []
@@ -238,7 +258,8 @@ def test_sigkill_at_six_moments_then_resume_ends_with_the_uninterrupted_adapters
 
 
 def test_a_crash_while_deleting_a_checkpoint_never_leaves_a_partial_one_under_its_name(
-        tiny_model, tmp_path, monkeypatch):
+    tiny_model, tmp_path, monkeypatch
+):
     """A run dies half-way through deleting a checkpoint folder (pruning the oldest one, or
     replacing a step saved again): every folder named like a checkpoint must still be complete."""
     import mlx.optimizers as optim
@@ -269,13 +290,18 @@ def test_a_crash_while_deleting_a_checkpoint_never_leaves_a_partial_one_under_it
         assert checkpoint_steps(tmp_path) == survivors
         for folder in list_checkpoints(tmp_path):
             assert sorted(p.name for p in folder.iterdir()) == [
-                "adapter_config.json", "adapters.safetensors", "optimizer.safetensors", "state.json"]
+                "adapter_config.json",
+                "adapters.safetensors",
+                "optimizer.safetensors",
+                "state.json",
+            ]
     checkpoint.save_checkpoint(tmp_path, 5, model, adapter_config, optimizer, {})
     assert checkpoint_steps(tmp_path) == [2, 3, 5]
     assert not list((tmp_path / CHECKPOINTS).glob(".*"))  # the next save clears what a crash left
 
 
 # --- Ctrl-C --------------------------------------------------------------------------------------
+
 
 def test_ctrl_c_saves_exits_130_with_a_resume_hint_and_resume_finishes(tiny_model_path, tmp_path, reward, reference):
     run = tmp_path / "run"
@@ -324,8 +350,9 @@ def flaky(completions, **kw):
 def test_non_finite_updates_stop_the_run_with_the_last_good_checkpoint_intact(tiny_model_path, tmp_path):
     (tmp_path / "flaky.py").write_text(FLAKY)
     run = tmp_path / "run"
-    config = TrainConfig(**settings(tiny_model_path, run, f"{tmp_path / 'flaky.py'}:flaky", max_steps=8,
-                                    save_every=1, max_bad_steps=3))
+    config = TrainConfig(
+        **settings(tiny_model_path, run, f"{tmp_path / 'flaky.py'}:flaky", max_steps=8, save_every=1, max_bad_steps=3)
+    )
     with pytest.raises(UserError, match=r"3 consecutive updates had non-finite .* checkpoint step-000004 is intact"):
         train(config, progress=False)
     rows = read_metrics(run)
@@ -343,8 +370,10 @@ def test_non_finite_updates_stop_the_run_with_the_last_good_checkpoint_intact(ti
 
 # --- a full or read-only disk ---------------------------------------------------------------------
 
+
 def test_disk_full_while_saving_is_one_line_exit_2_and_the_previous_checkpoint_is_intact(
-        tiny_model_path, tmp_path, reward, monkeypatch, capfd):
+    tiny_model_path, tmp_path, reward, monkeypatch, capfd
+):
     """ENOSPC from the safetensors writer at the third save (an OS fault injected at its boundary)."""
     saves = []
     real_save = mx.save_safetensors
@@ -397,7 +426,8 @@ def _remount(disk: Path, mode: str) -> None:
 
 @pytest.mark.parametrize("fault", ["full", "read-only"])
 def test_a_disk_that_fills_up_or_turns_read_only_mid_run_is_one_line_exit_2_then_resume_works(
-        tiny_model_path, reward, small_disk, capfd, fault):
+    tiny_model_path, reward, small_disk, capfd, fault
+):
     """The real thing: after checkpoint 2 another program fills the disk (or it is remounted
     read-only); whichever write fails first (a metrics line, a completion, a checkpoint), the run
     stops with one line and the checkpoints stay loadable. With the disk back, --resume finishes."""
@@ -442,6 +472,7 @@ def test_a_read_only_output_disk_is_refused_before_anything_loads(tiny_model_pat
 
 
 # --- memory limit ----------------------------------------------------------------------------------
+
 
 def test_memory_limit_is_a_no_op_off_metal_and_set_on_metal(monkeypatch):
     calls = []

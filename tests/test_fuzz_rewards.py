@@ -24,8 +24,33 @@ TIME_BOUND_S = 0.05  # per input, all four checks together (typical: tens of mic
 MEMORY_BOUND_MB = 32  # peak traced allocation while scoring the long inputs
 
 _HOSTILE = list("0123456789+-*/()= \n\t.^%,xe_") + [
-    "**", "//", "٣", "३", "３", "𝟛", "²", "＋", "−", "×", "÷", "／", "（", "\x00", "\x0b", "\x1b", "\r",
-    "\u00a0", "\u2003", "\u200b", "\ufeff", "<answer>", "</answer>", "<think>", "</think>", "<", ">",
+    "**",
+    "//",
+    "٣",
+    "३",
+    "３",
+    "𝟛",
+    "²",
+    "＋",
+    "−",
+    "×",
+    "÷",
+    "／",
+    "（",
+    "\x00",
+    "\x0b",
+    "\x1b",
+    "\r",
+    "\u00a0",
+    "\u2003",
+    "\u200b",
+    "\ufeff",
+    "<answer>",
+    "</answer>",
+    "<think>",
+    "</think>",
+    "<",
+    ">",
 ]
 _PREFIXES = ["", "<think>", "<think>\n", "<think>\n\n</think>\n\n", "Let me solve this step by step.\n<think>"]
 _OPS = "+-*/"
@@ -52,9 +77,9 @@ def _mutate(rng: random.Random, text: str) -> str:
     if edit == "insert":
         return text[:i] + rng.choice(_HOSTILE) + text[i:]
     if edit == "delete":
-        return text[:i] + text[i + 1:]
+        return text[:i] + text[i + 1 :]
     if edit == "replace":
-        return text[:i] + rng.choice(_HOSTILE) + text[i + 1:]
+        return text[:i] + rng.choice(_HOSTILE) + text[i + 1 :]
     if edit == "glue":
         return text.replace(" ", "", 1)
     if edit == "zero":
@@ -142,9 +167,11 @@ def test_fuzz_no_exception_and_bounded_time_per_input():
         gc.enable()
     # On a shared machine a slow sample may be the scheduler's doing: re-time those inputs, keep the best of 3.
     retimed = [min(_timed(args) for _ in range(3)) for args in slow]
-    print(f"\nfuzz: {count} inputs, worst {worst * 1e3:.2f} ms per input (over 10k characters: "
-          f"{worst_long * 1e3:.2f} ms); {len(slow)} over {TIME_BOUND_S * 1e3:.0f} ms, "
-          f"re-timed worst {max(retimed, default=0) * 1e3:.2f} ms")
+    print(
+        f"\nfuzz: {count} inputs, worst {worst * 1e3:.2f} ms per input (over 10k characters: "
+        f"{worst_long * 1e3:.2f} ms); {len(slow)} over {TIME_BOUND_S * 1e3:.0f} ms, "
+        f"re-timed worst {max(retimed, default=0) * 1e3:.2f} ms"
+    )
     assert count >= NUM_INPUTS
     assert all(t < TIME_BOUND_S for t in retimed)
 

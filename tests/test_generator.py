@@ -52,8 +52,10 @@ def test_target_quarters_and_number_ranges_match(generated, real):
 
     quarters = [(10, 32), (33, 55), (56, 78), (79, 100)]
     bands = [(1, 10), (11, 25), (26, 50), (51, 75), (76, 99)]
-    for edges, pick in ((quarters, lambda ts: [t.target for t in ts]),
-                        (bands, lambda ts: [n for t in ts for n in t.nums])):
+    for edges, pick in (
+        (quarters, lambda ts: [t.target for t in ts]),
+        (bands, lambda ts: [n for t in ts for n in t.nums]),
+    ):
         for ours, theirs in zip(shares(pick(generated), edges), shares(pick(real), edges)):
             assert abs(ours - theirs) <= 0.03, (edges, ours, theirs)
 

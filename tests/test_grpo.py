@@ -11,13 +11,13 @@ def np_advantages(rewards, G, scale):
     r = np.asarray(rewards, dtype=np.float64)
     out = np.empty_like(r)
     for k in range(len(r) // G):
-        g = r[k * G:(k + 1) * G]
+        g = r[k * G : (k + 1) * G]
         a = g - g.mean()
         if scale == "group":
             a = a / (g.std(ddof=1) + 1e-4)
         elif scale == "batch":
             a = a / (r.std(ddof=1) + 1e-4)
-        out[k * G:(k + 1) * G] = a
+        out[k * G : (k + 1) * G] = a
     return out
 
 
@@ -57,7 +57,9 @@ def test_advantages_match_numpy(scale):
 
 def test_advantages_docstring_example():
     got = np.array(compute_advantages(mx.array([1.0, 0.0, 0.0, 0.0]), 2))
-    np.testing.assert_allclose(got, [0.5 / (np.std([1, 0], ddof=1) + 1e-4), -0.5 / (np.std([1, 0], ddof=1) + 1e-4), 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(
+        got, [0.5 / (np.std([1, 0], ddof=1) + 1e-4), -0.5 / (np.std([1, 0], ddof=1) + 1e-4), 0, 0], rtol=1e-6
+    )
 
 
 def test_advantages_reject_bad_shapes():
@@ -84,9 +86,16 @@ def test_policy_loss_matches_numpy(loss_type, beta, hi):
     logps, old, adv, mask, ref = _random_batch(1)
     L = 9
     loss, metrics = policy_loss(
-        mx.array(logps, dtype=mx.float32), mx.array(old, dtype=mx.float32), mx.array(adv, dtype=mx.float32),
-        mx.array(mask, dtype=mx.float32), ref_logps=mx.array(ref, dtype=mx.float32), beta=beta,
-        epsilon_low=0.2, epsilon_high=hi, loss_type=loss_type, max_completion_length=L,
+        mx.array(logps, dtype=mx.float32),
+        mx.array(old, dtype=mx.float32),
+        mx.array(adv, dtype=mx.float32),
+        mx.array(mask, dtype=mx.float32),
+        ref_logps=mx.array(ref, dtype=mx.float32),
+        beta=beta,
+        epsilon_low=0.2,
+        epsilon_high=hi,
+        loss_type=loss_type,
+        max_completion_length=L,
     )
     want, want_kl = np_loss(logps, old, adv, mask, ref, beta, 0.2, 0.2 if hi is None else hi, loss_type, L)
     assert float(loss) == pytest.approx(want, rel=1e-4, abs=1e-5)
@@ -95,8 +104,14 @@ def test_policy_loss_matches_numpy(loss_type, beta, hi):
 
 def test_clip_fractions_and_ratio_match_numpy():
     logps, old, adv, mask, _ = _random_batch(2, R=8, T=5, spread=0.6)
-    _, m = policy_loss(mx.array(logps, dtype=mx.float32), mx.array(old, dtype=mx.float32),
-                       mx.array(adv, dtype=mx.float32), mx.array(mask, dtype=mx.float32), epsilon_low=0.2, epsilon_high=0.3)
+    _, m = policy_loss(
+        mx.array(logps, dtype=mx.float32),
+        mx.array(old, dtype=mx.float32),
+        mx.array(adv, dtype=mx.float32),
+        mx.array(mask, dtype=mx.float32),
+        epsilon_low=0.2,
+        epsilon_high=0.3,
+    )
     ratio = np.exp(logps - old)
     low = ((ratio < 0.8) & (adv[:, None] < 0)) * mask
     high = ((ratio > 1.3) & (adv[:, None] > 0)) * mask
@@ -125,8 +140,14 @@ def test_micro_batches_with_batch_normalizer_sum_to_full_batch_loss(loss_type):
     full, _ = policy_loss(*args[:4], ref_logps=args[4], beta=0.04, loss_type=loss_type, max_completion_length=10)
     norm = batch_normalizer(args[3], loss_type, 10)
     parts = [
-        policy_loss(*(a[s] for a in args[:4]), ref_logps=args[4][s], beta=0.04, loss_type=loss_type,
-                    max_completion_length=10, normalizer=norm)[0]
+        policy_loss(
+            *(a[s] for a in args[:4]),
+            ref_logps=args[4][s],
+            beta=0.04,
+            loss_type=loss_type,
+            max_completion_length=10,
+            normalizer=norm,
+        )[0]
         for s in (slice(0, 3), slice(3, 8))
     ]
     assert float(parts[0] + parts[1]) == pytest.approx(float(full), rel=1e-5)

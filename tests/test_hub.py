@@ -27,8 +27,14 @@ from mlx_grpo.export import Run
 from mlx_grpo.hub import hub_error_message, list_files, push_run
 
 FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdef"
-ADAPTER_FILES = {"README.md", "adapters.safetensors", "adapter_config.json", "training_config.json",
-                 "final_metrics.json", "plots/reward_accuracy.png"}
+ADAPTER_FILES = {
+    "README.md",
+    "adapters.safetensors",
+    "adapter_config.json",
+    "training_config.json",
+    "final_metrics.json",
+    "plots/reward_accuracy.png",
+}
 
 
 @pytest.fixture(scope="module")
@@ -143,20 +149,26 @@ def test_push_fused_uploads_a_complete_model_that_loads(run, hub, tmp_path):
 
 def _http_error(cls, status: int):
     request = httpx2.Request("POST", "https://huggingface.co/api/repos/create")
-    return cls(f"{status} Client Error for url {request.url} (Authorization: Bearer {FAKE_TOKEN})",
-               response=httpx2.Response(status, request=request))
+    return cls(
+        f"{status} Client Error for url {request.url} (Authorization: Bearer {FAKE_TOKEN})",
+        response=httpx2.Response(status, request=request),
+    )
 
 
 @pytest.mark.parametrize("fail_at", ["create_repo", "upload_folder"])
-@pytest.mark.parametrize("error, expected", [
-    (_http_error(HfHubHTTPError, 401), "authentication failed (401)"),
-    (_http_error(HfHubHTTPError, 403), "permission denied (403)"),
-    (_http_error(RepositoryNotFoundError, 404), "not found"),
-    (_http_error(HfHubHTTPError, 500), "HfHubHTTPError: 500"),
-    (httpx2.ConnectError(f"connection refused, token {FAKE_TOKEN}"), "cannot reach the Hub"),
-    (ConnectionError("Max retries exceeded with url: /api/repos/create"), "cannot reach the Hub"),
-    (OfflineModeIsEnabled("offline"), "HF_HUB_OFFLINE"),
-], ids=["401", "403", "404", "500", "connect", "connection", "offline"])
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (_http_error(HfHubHTTPError, 401), "authentication failed (401)"),
+        (_http_error(HfHubHTTPError, 403), "permission denied (403)"),
+        (_http_error(RepositoryNotFoundError, 404), "not found"),
+        (_http_error(HfHubHTTPError, 500), "HfHubHTTPError: 500"),
+        (httpx2.ConnectError(f"connection refused, token {FAKE_TOKEN}"), "cannot reach the Hub"),
+        (ConnectionError("Max retries exceeded with url: /api/repos/create"), "cannot reach the Hub"),
+        (OfflineModeIsEnabled("offline"), "HF_HUB_OFFLINE"),
+    ],
+    ids=["401", "403", "404", "500", "connect", "connection", "offline"],
+)
 def test_hub_errors_are_one_line_exit_2_without_the_token(run, hub, cli, isolated, error, expected, fail_at):
     run_dir, _ = run
     before = tree_hash(run_dir)
@@ -170,17 +182,20 @@ def test_hub_errors_are_one_line_exit_2_without_the_token(run, hub, cli, isolate
     assert list(isolated.iterdir()) == []
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["{missing}", "--repo-id", "me/x"], "run directory not found"),
-    (["{empty}", "--repo-id", "me/x"], "not a run directory"),
-    (["{run}", "--repo-id", "no-namespace"], "expected USER/NAME"),
-    (["{run}", "--repo-id", "a/b/c"], "invalid --repo-id"),
-    (["{run}", "--repo-id", "me/bad name"], "invalid --repo-id"),
-    (["{run}", "--repo-id", "me/x--y"], "invalid --repo-id"),
-    (["{run}", "--repo-id", "me/x", "--quantize", "4"], "add --fuse"),
-    (["{run}", "--repo-id", "me/x", "--fuse", "--format", "peft"], "do not combine"),
-    (["{broken}", "--repo-id", "me/x"], "cannot read"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["{missing}", "--repo-id", "me/x"], "run directory not found"),
+        (["{empty}", "--repo-id", "me/x"], "not a run directory"),
+        (["{run}", "--repo-id", "no-namespace"], "expected USER/NAME"),
+        (["{run}", "--repo-id", "a/b/c"], "invalid --repo-id"),
+        (["{run}", "--repo-id", "me/bad name"], "invalid --repo-id"),
+        (["{run}", "--repo-id", "me/x--y"], "invalid --repo-id"),
+        (["{run}", "--repo-id", "me/x", "--quantize", "4"], "add --fuse"),
+        (["{run}", "--repo-id", "me/x", "--fuse", "--format", "peft"], "do not combine"),
+        (["{broken}", "--repo-id", "me/x"], "cannot read"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_nothing_uploaded(run, hub, cli, tmp_path, args, expected):
     (tmp_path / "empty").mkdir()
     broken = tmp_path / "broken"
@@ -245,11 +260,18 @@ def test_model_card_metadata_and_text(run):
     assert meta["library_name"] == "mlx" and meta["pipeline_tag"] == "text-generation"
     assert {"mlx", "grpo", "lora"} <= set(meta["tags"])
     assert meta["datasets"] == ["Jiayi-Pan/Countdown-Tasks-3to4"]
-    for text in ("GRPO", "format, equation", "dapo", "37.5%", "before training: 10.0%", "| steps | 3 |",
-                 "hf download me/countdown --local-dir countdown",
-                 "mlx_lm.generate --model Qwen/Qwen3-0.6B --adapter-path countdown",
-                 'load("Qwen/Qwen3-0.6B", adapter_path=snapshot_download("me/countdown"))',
-                 "![reward accuracy](plots/reward_accuracy.png)"):
+    for text in (
+        "GRPO",
+        "format, equation",
+        "dapo",
+        "37.5%",
+        "before training: 10.0%",
+        "| steps | 3 |",
+        "hf download me/countdown --local-dir countdown",
+        "mlx_lm.generate --model Qwen/Qwen3-0.6B --adapter-path countdown",
+        'load("Qwen/Qwen3-0.6B", adapter_path=snapshot_download("me/countdown"))',
+        "![reward accuracy](plots/reward_accuracy.png)",
+    ):
         assert text in card, text
     fused = model_card(hub_run, kind="fused", repo="me/countdown-fused", metrics={}, plots=[])
     assert _front_matter(fused)["base_model_relation"] == "finetune" and 'load("me/countdown-fused")' in fused
@@ -262,7 +284,6 @@ def test_model_card_of_a_local_base_and_dataset_leaves_hub_fields_out(run):
     assert "base_model" not in meta and "license" not in meta and "datasets" not in meta
     assert meta["library_name"] == "mlx"
     assert hub_id("/Users/me/.cache/huggingface/hub/models--Qwen--Qwen3-0.6B/snapshots/abc123") == "Qwen/Qwen3-0.6B"
-
 
 
 def test_fuse_cli_refuses_a_non_empty_output_and_replaces_it_with_overwrite(run, cli, tmp_path):

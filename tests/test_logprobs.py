@@ -6,7 +6,13 @@ from mlx.utils import tree_flatten, tree_map
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from mlx_grpo.logprobs import (
-    PaddedCache, chunk_nbytes, hidden_states, left_pad, output_layer, sequence_logprobs, shared_prefix_length,
+    PaddedCache,
+    chunk_nbytes,
+    hidden_states,
+    left_pad,
+    output_layer,
+    sequence_logprobs,
+    shared_prefix_length,
 )
 
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
@@ -102,7 +108,7 @@ def _lora(model):
 
 def _autodiff_reference(model, prompts, pad, tokens):
     """The same log-probs through full [R, T, V] logits and MLX's own autodiff."""
-    P, T = prompts.shape[1], tokens.shape[1]
+    P = prompts.shape[1]
     caches = [PaddedCache(pad) for _ in model.layers]
     hidden = hidden_states(model, mx.concatenate([prompts, tokens[:, :-1]], axis=1), caches)[:, P - 1 :]
     logits = output_layer(model)[1](hidden).astype(mx.float32)  # [R, T, V]
@@ -175,8 +181,9 @@ def test_each_prompt_run_once_gives_the_same_logprobs_and_gradients(tiny_model):
     for name in copied:
         np.testing.assert_allclose(np.array(shared[name]), np.array(copied[name]), atol=1e-5, rtol=1e-4)
     one_token = sequence_logprobs(model, unique, unique_pad, tokens[:, :1], prompt_index=index)
-    np.testing.assert_allclose(np.array(one_token), np.array(sequence_logprobs(model, rows, rows_pad, tokens[:, :1])),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.array(one_token), np.array(sequence_logprobs(model, rows, rows_pad, tokens[:, :1])), atol=1e-5
+    )
 
 
 def test_shared_prefix_run_once_gives_the_same_logprobs_and_gradients(tiny_model):

@@ -48,7 +48,7 @@ def test_messages_are_the_original_texts_verbatim():
 
 
 def test_the_prompts_own_example_answer_is_accepted():
-    example = extract_equation(USER_TEMPLATE[USER_TEMPLATE.rindex("<answer>"):])  # the last tag is the example
+    example = extract_equation(USER_TEMPLATE[USER_TEMPLATE.rindex("<answer>") :])  # the last tag is the example
     assert example == "(1 + 2) / 3 = 1"
     assert check_equation(example, [1, 2, 3], 1)
     completion = f"<think>\n1 + 2 = 3\n3 / 3 = 1\n</think>\n<answer> {example} </answer>"

@@ -37,8 +37,22 @@ def test_warm_start_completions_answer_with_the_equation_or_the_bare_result():
 
 def test_recipe_is_reproducible_from_its_seed(tmp_path):
     def build(out: Path, seed: int) -> dict[str, str]:
-        recipe.main(["--out", str(out), "--seed", str(seed), "--sft-steps", "3", "--cooldown", "1",
-                     "--eval-tasks", "2", "--log-every", "3"])
+        recipe.main(
+            [
+                "--out",
+                str(out),
+                "--seed",
+                str(seed),
+                "--sft-steps",
+                "3",
+                "--cooldown",
+                "1",
+                "--eval-tasks",
+                "2",
+                "--log-every",
+                "3",
+            ]
+        )
         return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(out.iterdir())}
 
     first, again, other = build(tmp_path / "a", 0), build(tmp_path / "b", 0), build(tmp_path / "c", 1)

@@ -39,15 +39,36 @@ def _completion(rng: random.Random, step: int, nums: list[int], target: int, cor
     return f"<think>\n{thought}\n</think>\n<answer> {equation} </answer>", equation
 
 
-def write_synthetic_run(run_dir: Path, *, steps: int = 30, eval_every: int = 10, log_every: int = 5,
-                        with_eval: bool = True, with_completions: bool = True, hostile: bool = True) -> Path:
+def write_synthetic_run(
+    run_dir: Path,
+    *,
+    steps: int = 30,
+    eval_every: int = 10,
+    log_every: int = 5,
+    with_eval: bool = True,
+    with_completions: bool = True,
+    hostile: bool = True,
+) -> Path:
     """A run directory as the trainer writes it (see CONTRACTS), with rewards that rise over steps."""
     rng = random.Random(0)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({
-        "model": "tiny-qwen3", "dataset": "generate", "num_samples": 64, "max_steps": steps, "batch_size": 2,
-        "num_generations": 4, "max_completion_length": 64, "rewards": ["format", "equation"], "beta": 0.0,
-        "learning_rate": 5e-5, "loss_type": "dapo"}))
+    (run_dir / "config.json").write_text(
+        json.dumps(
+            {
+                "model": "tiny-qwen3",
+                "dataset": "generate",
+                "num_samples": 64,
+                "max_steps": steps,
+                "batch_size": 2,
+                "num_generations": 4,
+                "max_completion_length": 64,
+                "rewards": ["format", "equation"],
+                "beta": 0.0,
+                "learning_rate": 5e-5,
+                "loss_type": "dapo",
+            }
+        )
+    )
     metrics, completions = [], []
     if with_eval:
         metrics.append({"step": 0, "eval/accuracy": 0.05, "eval/format_rate": 0.2, "eval/completion_length": 40.0})
@@ -64,17 +85,47 @@ def write_synthetic_run(run_dir: Path, *, steps: int = 30, eval_every: int = 10,
                 if hostile and correct and i == 1:
                     text += HOSTILE_IMG
                 rewards = {"format": 1.0, "equation": 1.0 if correct else 0.0}
-                rows.append({"step": step, "prompt": f"<|im_start|>user\nnumbers {nums}, target {target}<|im_end|>",
-                             "completion": text, "target": target, "nums": nums, "rewards": rewards,
-                             "reward": sum(rewards.values()), "advantage": round(rng.uniform(-1, 1), 3),
-                             "equation": None if step == 1 else equation})
+                rows.append(
+                    {
+                        "step": step,
+                        "prompt": f"<|im_start|>user\nnumbers {nums}, target {target}<|im_end|>",
+                        "completion": text,
+                        "target": target,
+                        "nums": nums,
+                        "rewards": rewards,
+                        "reward": sum(rewards.values()),
+                        "advantage": round(rng.uniform(-1, 1), 3),
+                        "equation": None if step == 1 else equation,
+                    }
+                )
         completions += rows
-        row = {"step": step, "reward": 1 + p, "reward_std": 0.4, "rewards/format": 1.0, "rewards/equation": p,
-               "accuracy": p, "format_rate": 1.0, "completion_length/mean": 40.0 + step,
-               "completion_length/max": 64.0, "truncated_frac": 0.1, "zero_adv_frac": 1 - p, "loss": 0.01,
-               "kl": 0.0, "clip_frac/low": 0.01, "clip_frac/high": 0.02, "ratio/mean": 1.0, "grad_norm": 0.5,
-               "lr": 5e-5, "skipped": False, "time/generate": 1.0, "time/score": 0.01, "time/update": 0.5,
-               "time/step": 1.6, "tokens_per_s": 500.0, "peak_memory_gb": 0.1}
+        row = {
+            "step": step,
+            "reward": 1 + p,
+            "reward_std": 0.4,
+            "rewards/format": 1.0,
+            "rewards/equation": p,
+            "accuracy": p,
+            "format_rate": 1.0,
+            "completion_length/mean": 40.0 + step,
+            "completion_length/max": 64.0,
+            "truncated_frac": 0.1,
+            "zero_adv_frac": 1 - p,
+            "loss": 0.01,
+            "kl": 0.0,
+            "clip_frac/low": 0.01,
+            "clip_frac/high": 0.02,
+            "ratio/mean": 1.0,
+            "grad_norm": 0.5,
+            "lr": 5e-5,
+            "skipped": False,
+            "time/generate": 1.0,
+            "time/score": 0.01,
+            "time/update": 0.5,
+            "time/step": 1.6,
+            "tokens_per_s": 500.0,
+            "peak_memory_gb": 0.1,
+        }
         if with_eval and step % eval_every == 0:
             row |= {"eval/accuracy": p * 0.8, "eval/format_rate": 0.9, "eval/completion_length": 50.0}
         metrics.append(row)
@@ -127,11 +178,14 @@ def test_read_jsonl_skips_only_a_truncated_last_line(tmp_path):
     assert report.read_jsonl(tmp_path / "absent.jsonl") == []
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda d: None, "run directory not found"),
-    (lambda d: d.mkdir(), "no metrics"),
-    (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text("")), "no metrics"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: None, "run directory not found"),
+        (lambda d: d.mkdir(), "no metrics"),
+        (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text("")), "no metrics"),
+    ],
+)
 def test_bad_run_dir_is_one_line_user_error(tmp_path, setup, message):
     setup(tmp_path / "run")
     with pytest.raises(UserError, match=message) as e:
@@ -151,8 +205,12 @@ def test_phrase_pattern_matches_whole_words_any_case():
 
 
 def test_reflection_rates_per_step():
-    rows = [{"step": 2, "completion": "wait"}, {"step": 2, "completion": "fine"},
-            {"step": 1, "completion": "Verify, then wait"}, {"step": 1, "completion": "x"}]
+    rows = [
+        {"step": 2, "completion": "wait"},
+        {"step": 2, "completion": "fine"},
+        {"step": 1, "completion": "Verify, then wait"},
+        {"step": 1, "completion": "x"},
+    ]
     rates = report.reflection_rates(rows, ["wait", "verify"])
     assert rates["any phrase"] == plots.Series([1, 2], [0.5, 0.5])
     assert rates["verify"] == plots.Series([1, 2], [0.5, 0.0])
@@ -160,24 +218,36 @@ def test_reflection_rates_per_step():
 
 def test_pick_samples_labels_and_merges():
     ok = {"format": 1.0, "equation": 1.0}
-    rows = [{"step": 1, "completion": "a", "rewards": {"equation": 0.0}},
-            {"step": 5, "completion": "bb", "rewards": ok},
-            {"step": 5, "completion": "bbbb", "rewards": ok},
-            {"step": 9, "completion": "c", "rewards": {"equation": 0.0}}]
+    rows = [
+        {"step": 1, "completion": "a", "rewards": {"equation": 0.0}},
+        {"step": 5, "completion": "bb", "rewards": ok},
+        {"step": 5, "completion": "bbbb", "rewards": ok},
+        {"step": 9, "completion": "c", "rewards": {"equation": 0.0}},
+    ]
     picked = [(label, row["completion"]) for label, row in report.pick_samples(rows)]
     assert picked == [("first step", "a"), ("first correct", "bb"), ("last step", "c"), ("longest correct", "bbbb")]
-    assert [label for label, _ in report.pick_samples(rows[1:2])] == ["first step, first correct, last step, longest correct"]
+    assert [label for label, _ in report.pick_samples(rows[1:2])] == [
+        "first step, first correct, last step, longest correct"
+    ]
     assert report.pick_samples([]) == []
 
 
 def test_series_keeps_last_value_per_step_and_skips_non_numbers():
-    rows = [{"step": 2, "kl": 0.2}, {"step": 1, "kl": 0.1}, {"step": 3, "kl": float("nan")},
-            {"step": 4, "kl": None}, {"step": 5, "kl": True}, {"step": 2, "kl": 0.4}]
+    rows = [
+        {"step": 2, "kl": 0.2},
+        {"step": 1, "kl": 0.1},
+        {"step": 3, "kl": float("nan")},
+        {"step": 4, "kl": None},
+        {"step": 5, "kl": True},
+        {"step": 2, "kl": 0.4},
+    ]
     assert plots.series(rows, "kl") == plots.Series([1, 2], [0.1, 0.4])
 
 
 def test_plot_reward_accuracy_is_a_fixed_size_png(tmp_path):
-    rows = [{"step": s, "reward": s / 50, "accuracy": s / 100} for s in range(1, 41)] + [{"step": 40, "eval/accuracy": 0.3}]
+    rows = [{"step": s, "reward": s / 50, "accuracy": s / 100} for s in range(1, 41)] + [
+        {"step": 40, "eval/accuracy": 0.3}
+    ]
     path = plots.plot_reward_accuracy(rows, tmp_path / "plots" / "reward_accuracy.png")
     assert png_size(path) == (plots.WIDTH, plots.HEIGHT)
     assert png_size(plots.plot_kl([], tmp_path / "empty.png")) == (plots.WIDTH, plots.HEIGHT)
@@ -188,7 +258,9 @@ def test_cli_report(tmp_path):
     from mlx_grpo.cli import report as _  # noqa: F401  (registers the command)
 
     run = write_synthetic_run(tmp_path / "run", steps=5)
-    result = CliRunner().invoke(cli, ["report", str(run), "--output", str(tmp_path / "r.html"), "--phrases", "wait,verify"])
+    result = CliRunner().invoke(
+        cli, ["report", str(run), "--output", str(tmp_path / "r.html"), "--phrases", "wait,verify"]
+    )
     assert result.exit_code == 0, result.output
     assert "r.html" in result.output and (tmp_path / "r.html").is_file()
     result = CliRunner().invoke(cli, ["report", str(tmp_path / "nope")])
@@ -201,9 +273,23 @@ def test_report_from_real_short_run(tmp_path, tiny_model_path):
     from mlx_grpo.config import TrainConfig
 
     run = tmp_path / "run"
-    trainer.train(TrainConfig(model=str(tiny_model_path), dataset="generate", num_samples=16, test_size=0.25,
-                              max_steps=2, batch_size=2, num_generations=2, max_completion_length=12,
-                              output_dir=str(run), eval_every=1, eval_samples=2, log_completions_every=1, save_every=2))
+    trainer.train(
+        TrainConfig(
+            model=str(tiny_model_path),
+            dataset="generate",
+            num_samples=16,
+            test_size=0.25,
+            max_steps=2,
+            batch_size=2,
+            num_generations=2,
+            max_completion_length=12,
+            output_dir=str(run),
+            eval_every=1,
+            eval_samples=2,
+            log_completions_every=1,
+            save_every=2,
+        )
+    )
     assert png_size(run / "plots" / "reward_accuracy.png") == (plots.WIDTH, plots.HEIGHT)
     page = assert_report(run, report.build_report(run))
     assert "first step" in page and "last step" in page

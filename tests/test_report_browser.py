@@ -15,8 +15,17 @@ from mlx_grpo import report
 
 # --in-process-gpu: on a loaded machine the separate GPU process sometimes fails to launch and
 # Chromium gives up ("GPU process isn't usable"); in-process it cannot fail that way.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--in-process-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--in-process-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 WINDOW = (1200, 2000)
 
 
@@ -48,8 +57,9 @@ def test_report_renders_in_chromium_and_runs_no_model_text(tmp_path, chromium):
     run = write_synthetic_run(tmp_path / "run")
     page = report.build_report(run).resolve()
     shot = tmp_path / "report.png"
-    result = run_chromium(chromium, tmp_path / "profile", f"--screenshot={shot}",
-                          f"--window-size={WINDOW[0]},{WINDOW[1]}", page.as_uri())
+    result = run_chromium(
+        chromium, tmp_path / "profile", f"--screenshot={shot}", f"--window-size={WINDOW[0]},{WINDOW[1]}", page.as_uri()
+    )
     assert shot.is_file(), f"no screenshot; chromium said: {result.stderr[-2000:]}"
     assert png_size(shot) == WINDOW
 

@@ -45,6 +45,7 @@ def _format(completion: str, prefix: str = "") -> float:
 
 # ---- the original notebook's cases -----------------------------------------------------------
 
+
 def test_seed_cases_with_string_inputs():
     assert format_reward_func(completions=SEED_COMPLETIONS) == [1.0, 0.0, 1.0, 1.0]
     equation = equation_reward_func(completions=SEED_COMPLETIONS, targets=["14"] * 4, nums_list=[["2", "3", "4"]] * 4)
@@ -56,6 +57,7 @@ def test_seed_cases_with_int_inputs():
 
 
 # ---- reference solutions -----------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def references(shared_data):
@@ -79,7 +81,7 @@ def test_reference_solutions_score_zero_when_a_number_or_the_target_changes(refe
         for i in range(len(r["nums"])):  # each number in turn, one at a time
             completions.append(completion)
             targets.append(r["target"])
-            nums.append(r["nums"][:i] + [r["nums"][i] + 1] + r["nums"][i + 1:])
+            nums.append(r["nums"][:i] + [r["nums"][i] + 1] + r["nums"][i + 1 :])
         for delta in (-1, 1):
             completions.append(completion)
             targets.append(r["target"] + delta)
@@ -89,6 +91,7 @@ def test_reference_solutions_score_zero_when_a_number_or_the_target_changes(refe
 
 
 # ---- format reward: the assistant turn, thinking modes and prefills ---------------------------
+
 
 @pytest.mark.parametrize(
     "prefix, completion, expected",
@@ -139,6 +142,7 @@ def test_the_only_departure_from_the_original_regex_is_a_trailing_newline():
 
 
 # ---- equation reward: hostile answers and reward-hack regressions ------------------------------
+
 
 @pytest.mark.parametrize(
     "answer, nums, target",
@@ -222,6 +226,7 @@ def test_bad_task_data_raises_rather_than_scoring_zero():
 
 # ---- partial credit ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "answer, expected",
     [
@@ -246,6 +251,7 @@ def test_partial_credit_is_off_by_default():
 
 
 # ---- registry and RewardSet --------------------------------------------------------------------
+
 
 def test_get_reward_builtins_and_weights():
     assert get_reward("format").func is format_reward_func and get_reward("format").weight == 1.0
@@ -272,7 +278,7 @@ def test_get_reward_errors(spec, message):
         get_reward(spec)
 
 
-REWARD_FILE = '''
+REWARD_FILE = """
 import math
 from dataclasses import dataclass
 
@@ -294,7 +300,7 @@ def not_finite(completions, **kwargs):
 
 def not_numbers(completions, **kwargs):
     return ["high" for c in completions]
-'''
+"""
 
 
 @pytest.fixture

@@ -3,9 +3,8 @@ import numpy as np
 import pytest
 from mlx.utils import tree_map
 from mlx_lm.generate import generate_step
-from mlx_lm.tuner.utils import linear_to_lora_layers
-
 from mlx_lm.tuner.lora import LoRALinear
+from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from mlx_grpo import rollout
 from mlx_grpo.logprobs import left_pad, sequence_logprobs
@@ -57,7 +56,15 @@ def test_top_k_top_p_logps_are_of_the_renormalised_distribution(tiny_model):
     model, _ = tiny_model
     temperature, top_k, top_p = 0.7, 20, 0.6
     out = rollout.generate(
-        model, PROMPTS, group_size=2, max_tokens=6, temperature=temperature, top_k=top_k, top_p=top_p, eos_ids=[], seed=3
+        model,
+        PROMPTS,
+        group_size=2,
+        max_tokens=6,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_ids=[],
+        seed=3,
     )
     for r in range(6):
         completion = out.tokens[r].tolist()

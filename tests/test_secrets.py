@@ -25,6 +25,7 @@ SPACES = "def spaces(completions, **kw):\n    return [c.count(' ') / max(len(c),
 @pytest.fixture
 def cli(cli):
     """conftest's `cli`, stdout and stderr together: a secret must be in neither."""
+
     def invoke(*args):
         code, out, err = cli(*args)
         return code, out + err
@@ -44,8 +45,10 @@ def hub(monkeypatch, tmp_path):
         state["tokens"].append(api.token)
         if state["fail"]:
             request = httpx2.Request("POST", "https://huggingface.co/api/me/countdown/commit/main")
-            raise HfHubHTTPError(f"500 Server Error for url {request.url} (Authorization: Bearer {api.token})",
-                                 response=httpx2.Response(500, request=request))
+            raise HfHubHTTPError(
+                f"500 Server Error for url {request.url} (Authorization: Bearer {api.token})",
+                response=httpx2.Response(500, request=request),
+            )
         folder = Path(folder_path)
         state["uploaded"] = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
@@ -63,11 +66,42 @@ def test_the_hub_token_never_reaches_a_file_log_metric_or_message(tiny_model_pat
     run = tmp_path / "run"
     hub["fail"] = True  # the push at the end of training fails with the token in the library's message
     code, output = cli(
-        "train", "--model", tiny_model_path, "--dataset", "generate", "--num-samples", 20, "--test-size", 0.2,
-        "--batch-size", 2, "--num-generations", 2, "--max-completion-length", 6, "--max-steps", 2,
-        "--save-every", 1, "--log-completions-every", 1, "--eval-every", 1, "--eval-samples", 2,
-        "--reward", "format", "--reward", f"{tmp_path / 'spaces.py'}:spaces", "--report-to", "tensorboard",
-        "--push-to-hub", "me/countdown", "--output-dir", run, "--quiet",
+        "train",
+        "--model",
+        tiny_model_path,
+        "--dataset",
+        "generate",
+        "--num-samples",
+        20,
+        "--test-size",
+        0.2,
+        "--batch-size",
+        2,
+        "--num-generations",
+        2,
+        "--max-completion-length",
+        6,
+        "--max-steps",
+        2,
+        "--save-every",
+        1,
+        "--log-completions-every",
+        1,
+        "--eval-every",
+        1,
+        "--eval-samples",
+        2,
+        "--reward",
+        "format",
+        "--reward",
+        f"{tmp_path / 'spaces.py'}:spaces",
+        "--report-to",
+        "tensorboard",
+        "--push-to-hub",
+        "me/countdown",
+        "--output-dir",
+        run,
+        "--quiet",
     )
     assert code == 2 and output.splitlines()[-1].startswith("error: upload to me/countdown failed"), output
     hub["fail"] = False
@@ -110,15 +144,26 @@ def model_with_code(tiny_model_path, tmp_path) -> Path:
 
 
 def test_model_code_never_runs_without_the_flag(model_with_code, tmp_path, cli):
-    code, output = cli("train", "--model", model_with_code, "--dataset", "generate", "--num-samples", 10,
-                       "--output-dir", tmp_path / "run", "--quiet")
+    code, output = cli(
+        "train",
+        "--model",
+        model_with_code,
+        "--dataset",
+        "generate",
+        "--num-samples",
+        10,
+        "--output-dir",
+        tmp_path / "run",
+        "--quiet",
+    )
     assert code == 2 and output.startswith("error: ") and output.count("\n") == 1, output
     assert "--trust-remote-code" in output
     code, output = cli("eval", "--model", model_with_code, "--num-samples", 1, "--quiet")
     assert code == 2 and "--trust-remote-code" in output, output
     assert not (model_with_code / "RAN").exists()
-    code, output = cli("eval", "--model", model_with_code, "--num-samples", 1, "--max-tokens", 1, "--quiet",
-                       "--trust-remote-code")
+    code, output = cli(
+        "eval", "--model", model_with_code, "--num-samples", 1, "--max-tokens", 1, "--quiet", "--trust-remote-code"
+    )
     assert code == 0 and (model_with_code / "RAN").exists(), output  # with the flag it runs: the check is real
     assert not (tmp_path / "run").exists()
 

@@ -13,7 +13,7 @@ import random
 import re
 import time
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 
 import pytest
 
@@ -24,6 +24,7 @@ from mlx_grpo.rewards import equation_reward_func, format_reward_func
 def evaluate(equation: str, *, negatives: bool = False) -> tuple[Fraction, list[int]]:
     """(value, literals) of an equation made of integers, + - * / and parentheses (and, in
     solution steps, negative numbers like "(-4)")."""
+
     def walk(node):
         if isinstance(node, ast.Constant) and type(node.value) is int:
             return Fraction(node.value), [node.value]
@@ -40,7 +41,8 @@ def evaluate(equation: str, *, negatives: bool = False) -> tuple[Fraction, list[
 
 def brute_force(nums, integer_only=False) -> set[Fraction]:
     """Every value of every expression over all of `nums`: combine any two values, recurse."""
-    @lru_cache(maxsize=None)
+
+    @cache
     def values(pool: tuple) -> frozenset:
         if len(pool) == 1:
             return frozenset(pool)
@@ -78,7 +80,8 @@ def test_the_first_real_row():
     solution = solve([44, 19, 35], 98)
     assert solution == Solution(equation="(44 + 19) + 35", steps=["44 + 19 = 63", "63 + 35 = 98"])
     assert worked_solution([44, 19, 35], 98) == (
-        "<think>\n44 + 19 = 63\n63 + 35 = 98\n</think>\n<answer> (44 + 19) + 35 </answer>")
+        "<think>\n44 + 19 = 63\n63 + 35 = 98\n</think>\n<answer> (44 + 19) + 35 </answer>"
+    )
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -110,7 +113,7 @@ def test_add_sub_check_matches_brute_force():
         assert solvable_with_add_sub(nums, target) == expected, (nums, target)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _add_sub_values(nums: tuple) -> set[int]:
     if len(nums) == 1:
         return {nums[0]}

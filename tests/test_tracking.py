@@ -13,8 +13,16 @@ from mlx_grpo.config import TrainConfig
 from mlx_grpo.errors import UserError
 from mlx_grpo.tracking import Tracker, make_tracker, scalars
 
-ROW = {"step": 3, "reward": 1.5, "rewards/equation": 0.5, "clip_frac/low": 0.01, "eval/accuracy": 0.25,
-       "skipped": False, "kl": float("nan"), "note": "text"}
+ROW = {
+    "step": 3,
+    "reward": 1.5,
+    "rewards/equation": 0.5,
+    "clip_frac/low": 0.01,
+    "eval/accuracy": 0.25,
+    "skipped": False,
+    "kl": float("nan"),
+    "note": "text",
+}
 
 
 def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -25,8 +33,8 @@ def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
     for path in logdir.rglob("events.out.tfevents.*"):
         data, pos = path.read_bytes(), 0
         while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = Event.FromString(data[pos + 12:pos + 12 + length])
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = Event.FromString(data[pos + 12 : pos + 12 + length])
             pos += 16 + length  # length, its crc, the record, its crc
             for value in event.summary.value:
                 if value.WhichOneof("value") == "simple_value":
@@ -35,8 +43,13 @@ def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_scalars_keep_finite_numbers_under_their_names():
-    assert scalars(ROW) == {"reward": 1.5, "rewards/equation": 0.5, "clip_frac/low": 0.01,
-                            "eval/accuracy": 0.25, "skipped": 0.0}
+    assert scalars(ROW) == {
+        "reward": 1.5,
+        "rewards/equation": 0.5,
+        "clip_frac/low": 0.01,
+        "eval/accuracy": 0.25,
+        "skipped": 0.0,
+    }
 
 
 def test_tensorboard_writes_events_with_metric_names(tmp_path):

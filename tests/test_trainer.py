@@ -27,9 +27,22 @@ def spaces(tmp_path) -> str:
 
 def tiny_config(model_path, out, **overrides) -> TrainConfig:
     settings = dict(
-        model=str(model_path), dataset="generate", rewards=["format", "equation", overrides.pop("extra_reward")], num_samples=40, test_size=0.2, batch_size=2,
-        num_generations=4, max_completion_length=12, max_steps=3, learning_rate=5e-3, output_dir=str(out),
-        eval_every=0, eval_samples=4, save_every=1, log_completions_every=1, seed=3,
+        model=str(model_path),
+        dataset="generate",
+        rewards=["format", "equation", overrides.pop("extra_reward")],
+        num_samples=40,
+        test_size=0.2,
+        batch_size=2,
+        num_generations=4,
+        max_completion_length=12,
+        max_steps=3,
+        learning_rate=5e-3,
+        output_dir=str(out),
+        eval_every=0,
+        eval_samples=4,
+        save_every=1,
+        log_completions_every=1,
+        seed=3,
     )
     settings.update(overrides)
     return TrainConfig(**settings)
@@ -44,15 +57,36 @@ def test_run_writes_metrics_completions_and_mlx_lm_adapters(tiny_model_path, tmp
     summary = train(tiny_config(tiny_model_path, out, extra_reward=spaces), progress=False)
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3]
-    for key in ("reward", "rewards/format", "rewards/equation", "accuracy", "format_rate", "completion_length/mean",
-                "completion_length/max", "truncated_frac", "kl", "clip_frac/low", "clip_frac/high", "grad_norm", "lr",
-                "time/generate", "time/score", "time/update", "tokens_per_s", "peak_memory_gb", "zero_adv_frac"):
+    for key in (
+        "reward",
+        "rewards/format",
+        "rewards/equation",
+        "accuracy",
+        "format_rate",
+        "completion_length/mean",
+        "completion_length/max",
+        "truncated_frac",
+        "kl",
+        "clip_frac/low",
+        "clip_frac/high",
+        "grad_norm",
+        "lr",
+        "time/generate",
+        "time/score",
+        "time/update",
+        "tokens_per_s",
+        "peak_memory_gb",
+        "zero_adv_frac",
+    ):
         assert key in metrics[-1], key
     assert all(math.isfinite(m["loss"]) and not m["skipped"] for m in metrics)
     assert "eval/accuracy" in summary  # a final evaluation runs when eval_every is 0
     completions = read_jsonl(out / "completions.jsonl")
     assert len(completions) == 3 * 2 * 4 and {"prompt", "completion", "rewards", "advantage"} <= set(completions[0])
-    assert json.loads((out / "config.json").read_text()) == tiny_config(tiny_model_path, out, extra_reward=spaces).to_dict()
+    assert (
+        json.loads((out / "config.json").read_text())
+        == tiny_config(tiny_model_path, out, extra_reward=spaces).to_dict()
+    )
 
     # The adapters load as they are with mlx-lm and change the model's output.
     base, tokenizer = mlx_lm.load(str(tiny_model_path))
@@ -136,8 +170,17 @@ def test_gradients_flow_through_the_whole_loop(tiny_model_path, tmp_path, spaces
     """A reward that only asks for more word-starting tokens rises clearly within a few dozen steps."""
     out = tmp_path / "run"
     config = tiny_config(
-        tiny_model_path, out, max_steps=16, batch_size=4, num_generations=8, max_completion_length=8,
-        learning_rate=5e-3, extra_reward=spaces, save_every=30, log_completions_every=30, scale_rewards="batch",
+        tiny_model_path,
+        out,
+        max_steps=16,
+        batch_size=4,
+        num_generations=8,
+        max_completion_length=8,
+        learning_rate=5e-3,
+        extra_reward=spaces,
+        save_every=30,
+        log_completions_every=30,
+        scale_rewards="batch",
     ).replace(rewards=[spaces])
     train(config, progress=False)
     rewards = [m["reward"] for m in read_jsonl(out / "metrics.jsonl") if "reward" in m]

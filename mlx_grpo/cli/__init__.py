@@ -22,8 +22,13 @@ def cli():
 
 def _register() -> None:
     # Imported here so that each module can import `cli` above without a cycle.
-    from mlx_grpo.cli import data, hub, report, train  # noqa: F401
-    from mlx_grpo.cli import demo  # noqa: F401
+    from mlx_grpo.cli import (  # noqa: F401
+        data,
+        demo,  # noqa: F401
+        hub,
+        report,
+        train,
+    )
 
 
 def entry() -> None:

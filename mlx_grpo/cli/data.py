@@ -26,8 +26,13 @@ def data():
 @data.command()
 @click.option("--num", "num", type=int, default=1000, show_default=True, help="How many tasks.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same tasks).")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="JSONL file to write: one {\"target\", \"nums\"} object per line.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help='JSONL file to write: one {"target", "nums"} object per line.',
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 def generate(num: int, seed: int, output: Path, overwrite: bool):
     """Generate solvable tasks with the statistics of Jiayi-Pan/Countdown-Tasks-3to4."""

@@ -9,8 +9,12 @@ import click
 from mlx_grpo.cli import cli
 from mlx_grpo.hub import FORMATS, export_run, push_run
 
-_quantize = click.option("--quantize", type=click.Choice(["4", "8"]), default=None,
-                         help="Quantize the fused weights to 4 or 8 bits (group size 64).")
+_quantize = click.option(
+    "--quantize",
+    type=click.Choice(["4", "8"]),
+    default=None,
+    help="Quantize the fused weights to 4 or 8 bits (group size 64).",
+)
 _model = click.option("--model", default=None, help="Base model (hub id or path); default: the one the run recorded.")
 _trust = click.option("--trust-remote-code", is_flag=True, help="Let the base model's own code run when loading it.")
 
@@ -22,15 +26,31 @@ _trust = click.option("--trust-remote-code", is_flag=True, help="Let the base mo
 @click.option("--fuse", is_flag=True, help="Upload base + adapters merged into one MLX model instead of adapters.")
 @_quantize
 @click.option("--dequantize", is_flag=True, help="With --fuse on a quantized base: save full-precision weights.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="mlx", show_default=True,
-              help="Adapter layout: mlx (mlx-lm) or peft (transformers + peft).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="mlx",
+    show_default=True,
+    help="Adapter layout: mlx (mlx-lm) or peft (transformers + peft).",
+)
 @_model
 @_trust
 @click.option("--dry-run", is_flag=True, help="Stage the folder, print its path and files, upload nothing.")
 def push(run_dir, repo_id, private, fuse, quantize, dequantize, fmt, model, trust_remote_code, dry_run):
     """Upload the run in RUN_DIR to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`)."""
-    result = push_run(run_dir, repo_id, private=private, fuse=fuse, quantize=_bits(quantize), fmt=fmt,
-                      dry_run=dry_run, model=model, dequantize=dequantize, trust_remote_code=trust_remote_code)
+    result = push_run(
+        run_dir,
+        repo_id,
+        private=private,
+        fuse=fuse,
+        quantize=_bits(quantize),
+        fmt=fmt,
+        dry_run=dry_run,
+        model=model,
+        dequantize=dequantize,
+        trust_remote_code=trust_remote_code,
+    )
     if result.uploaded:
         click.echo(f"uploaded {len(result.files)} files to {result.url}")
         return
@@ -48,8 +68,16 @@ def push(run_dir, repo_id, private, fuse, quantize, dequantize, fmt, model, trus
 @_trust
 def fuse(run_dir, output, quantize, dequantize, overwrite, model, trust_remote_code):
     """Merge the run's adapters into its base model and save a complete MLX model folder."""
-    files = export_run(run_dir, output, overwrite=overwrite, model=model, fuse=True, quantize=_bits(quantize),
-                       dequantize=dequantize, trust_remote_code=trust_remote_code)
+    files = export_run(
+        run_dir,
+        output,
+        overwrite=overwrite,
+        model=model,
+        fuse=True,
+        quantize=_bits(quantize),
+        dequantize=dequantize,
+        trust_remote_code=trust_remote_code,
+    )
     click.echo(f"fused model written to {output}")
     _echo_files(Path(output), files)
 

@@ -12,10 +12,15 @@ from mlx_grpo.report import DEFAULT_PHRASES, build_report
 
 @cli.command()
 @click.argument("run_dir")
-@click.option("--output", "-o", default=None, metavar="FILE",
-              help="Where to write the HTML page (default: RUN_DIR/report.html).")
-@click.option("--phrases", default=",".join(DEFAULT_PHRASES), show_default=True,
-              help="Comma-separated reflection phrases counted in completions (case-insensitive, whole words).")
+@click.option(
+    "--output", "-o", default=None, metavar="FILE", help="Where to write the HTML page (default: RUN_DIR/report.html)."
+)
+@click.option(
+    "--phrases",
+    default=",".join(DEFAULT_PHRASES),
+    show_default=True,
+    help="Comma-separated reflection phrases counted in completions (case-insensitive, whole words).",
+)
 def report(run_dir: str, output: str | None, phrases: str):
     """Write RUN_DIR/plots/*.png and an HTML report of the run (images embedded; opens offline)."""
     path = build_report(run_dir, output, phrases=tuple(p.strip() for p in phrases.split(",")))

@@ -127,8 +127,11 @@ def _disk_error(error: OSError, run_dir: str) -> str:
 
     what = f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")
     latest = latest_checkpoint(run_dir)
-    kept = (f"checkpoint {latest.name} is intact; fix the disk and continue with --resume" if latest
-            else "no checkpoint yet")
+    kept = (
+        f"checkpoint {latest.name} is intact; fix the disk and continue with --resume"
+        if latest
+        else "no checkpoint yet"
+    )
     return f"training stopped: cannot write to {run_dir}: {what}; {kept}"
 
 
@@ -156,9 +159,20 @@ def _model_in_file(config_file):
 
 
 def _summary_rows(summary: dict) -> dict:
-    keys = ["step", "reward", "accuracy", "format_rate", "completion_length/mean", "eval/accuracy",
-            "eval/format_rate", "eval/equation_rate", "eval/completion_length", "time/step", "tokens_per_s",
-            "peak_memory_gb"]
+    keys = [
+        "step",
+        "reward",
+        "accuracy",
+        "format_rate",
+        "completion_length/mean",
+        "eval/accuracy",
+        "eval/format_rate",
+        "eval/equation_rate",
+        "eval/completion_length",
+        "time/step",
+        "tokens_per_s",
+        "peak_memory_gb",
+    ]
     return {k: summary[k] for k in keys if k in summary}
 
 
@@ -177,8 +191,22 @@ def _summary_rows(summary: dict) -> dict:
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the results (and samples) as JSON here.")
 @click.option("--trust-remote-code", is_flag=True, help=_HELP["trust_remote_code"])
 @click.option("--quiet", is_flag=True)
-def eval_command(model, adapter_path, dataset, num_samples, seed, max_tokens, batch_size, pass_k, temperature,
-                 enable_thinking, prefill, output, trust_remote_code, quiet):
+def eval_command(
+    model,
+    adapter_path,
+    dataset,
+    num_samples,
+    seed,
+    max_tokens,
+    batch_size,
+    pass_k,
+    temperature,
+    enable_thinking,
+    prefill,
+    output,
+    trust_remote_code,
+    quiet,
+):
     """Greedy accuracy (pass@1), format rate and length on Countdown tasks."""
     from mlx_grpo.countdown.data import load_tasks
     from mlx_grpo.evaluate import evaluate
@@ -189,11 +217,28 @@ def eval_command(model, adapter_path, dataset, num_samples, seed, max_tokens, ba
     tasks = load_tasks(dataset, seed=seed, num_samples=num_samples)
     loaded, tokenizer = load_model(model, adapter_path=adapter_path, trust_remote_code=trust_remote_code)
     samples: list = []
-    result = evaluate(loaded, tokenizer, tasks, max_tokens=max_tokens, batch_size=batch_size, pass_k=pass_k,
-                      temperature=temperature, enable_thinking=enable_thinking, prefill=prefill, seed=seed,
-                      progress=not quiet, samples=samples)
+    result = evaluate(
+        loaded,
+        tokenizer,
+        tasks,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        pass_k=pass_k,
+        temperature=temperature,
+        enable_thinking=enable_thinking,
+        prefill=prefill,
+        seed=seed,
+        progress=not quiet,
+        samples=samples,
+    )
     click.echo(format_table(result, title=f"eval: {model}" + (f" + {adapter_path}" if adapter_path else "")))
     if output:
-        record = {"model": model, "adapter_path": adapter_path, "dataset": dataset, "seed": seed, **result,
-                  "samples": samples}
+        record = {
+            "model": model,
+            "adapter_path": adapter_path,
+            "dataset": dataset,
+            "seed": seed,
+            **result,
+            "samples": samples,
+        }
         Path(output).write_text(json.dumps(record, indent=2) + "\n")

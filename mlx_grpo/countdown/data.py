@@ -130,9 +130,13 @@ def task_stats(tasks: list[Task]) -> dict[str, float]:
     for k in sizes:
         stats[f"frac_size_{k}"] = sum(len(t.nums) == k for t in tasks) / n
     stats |= {
-        "num_min": min(nums), "num_max": max(nums), "num_mean": sum(nums) / len(nums),
+        "num_min": min(nums),
+        "num_max": max(nums),
+        "num_mean": sum(nums) / len(nums),
         "frac_nums_le_10": sum(x <= 10 for x in nums) / len(nums),
-        "target_min": min(targets), "target_max": max(targets), "target_mean": sum(targets) / n,
+        "target_min": min(targets),
+        "target_max": max(targets),
+        "target_mean": sum(targets) / n,
         "frac_repeated_num": sum(len(set(t.nums)) < len(t.nums) for t in tasks) / n,
         "frac_solvable": sum(ok or solve(t.nums, t.target) is not None for t, ok in zip(tasks, integer)) / n,
         "frac_integer_solvable": sum(integer) / n,
@@ -192,8 +196,10 @@ def _read_json(path: Path) -> list[Task]:
     if isinstance(data, dict):
         data = data["data"] if "data" in data else [data]  # {"data": [...]}, or a one-line JSON Lines file
     if not isinstance(data, list):
-        raise UserError(f"{path}: expected a list of {{\"target\", \"nums\"}} objects or {{\"data\": [...]}}, "
-                        f"got {type(data).__name__} {_show(data)}")
+        raise UserError(
+            f'{path}: expected a list of {{"target", "nums"}} objects or {{"data": [...]}}, '
+            f"got {type(data).__name__} {_show(data)}"
+        )
     return [_task_from_object(row, f"{path}, item {i}") for i, row in enumerate(data, 1)]
 
 
@@ -216,8 +222,9 @@ def _read_csv(path: Path) -> list[Task]:
         if reader.fieldnames is None:
             return []
         _check_columns(reader.fieldnames, str(path))
-        return [_task(_csv_int(row["target"]), _csv_ints(row["nums"]), f"{path}, line {reader.line_num}")
-                for row in reader]
+        return [
+            _task(_csv_int(row["target"]), _csv_ints(row["nums"]), f"{path}, line {reader.line_num}") for row in reader
+        ]
     except csv.Error as e:
         raise UserError(f"{path}, line {reader.line_num}: malformed CSV: {e}") from None
 
@@ -227,18 +234,22 @@ def _read_hub(name: str) -> list[Task]:
 
     from mlx_grpo.network import hub_offline_reason
 
-    offline = None if _datasets_cached(name) else hub_offline_reason(offline_vars=("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+    offline = (
+        None if _datasets_cached(name) else hub_offline_reason(offline_vars=("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+    )
     if offline:
         raise UserError(
             f"{name!r} is not a local file and the Hugging Face Hub is out of reach ({offline}). "
-            "`make demo` runs without the Hub; or pass a local .jsonl/.json/.parquet/.csv file, or `generate`")
+            "`make demo` runs without the Hub; or pass a local .jsonl/.json/.parquet/.csv file, or `generate`"
+        )
     try:
         dataset = datasets.load_dataset(name, split="train")
     except Exception as e:  # noqa: BLE001 -- offline, unknown id, no train split...: all the user's to fix
         raise UserError(
             f"{name!r} is not a local file and could not be loaded from the Hugging Face Hub "
             f"({type(e).__name__}: {_first_line(e)}). Offline? `make demo` runs without the Hub; "
-            f"or pass a local .jsonl/.json/.parquet/.csv file, or `generate`") from None
+            f"or pass a local .jsonl/.json/.parquet/.csv file, or `generate`"
+        ) from None
     _check_columns(dataset.column_names, name)
     columns = dataset.select_columns(["target", "nums"]).to_dict()
     return _tasks_from_columns(columns["target"], columns["nums"], name)
@@ -262,8 +273,10 @@ def _tasks_from_columns(targets: list, nums: list, source: str) -> list[Task]:
 def _check_columns(names, source: str) -> None:
     missing = [c for c in ("target", "nums") if c not in names]
     if missing:
-        raise UserError(f"{source}: missing column {', '.join(map(repr, missing))} "
-                        f"(needs 'target' and 'nums'; found {', '.join(map(repr, names)) or 'none'})")
+        raise UserError(
+            f"{source}: missing column {', '.join(map(repr, missing))} "
+            f"(needs 'target' and 'nums'; found {', '.join(map(repr, names)) or 'none'})"
+        )
 
 
 def _csv_int(cell):

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterable, Optional, Union
 
 MAX_CHARS = 300  # longest equation accepted (a 4-number Countdown answer needs ~25)
 MAX_DEPTH = 64  # deepest parenthesis nesting accepted
@@ -58,13 +58,13 @@ class BinOp:
     right: Expr
 
 
-Expr = Union[Num, BinOp]
+Expr = Num | BinOp
 
 
 @dataclass(frozen=True, slots=True)
 class Equation:
     expr: Expr
-    claimed: Optional[int]  # N of a trailing "= N", None without one
+    claimed: int | None  # N of a trailing "= N", None without one
 
 
 def parse(text: str) -> Expr:
@@ -100,7 +100,7 @@ def literals(expr: Expr) -> list[int]:
     return literals(expr.left) + literals(expr.right)
 
 
-def equation_value(equation: str, nums: Iterable) -> Optional[Fraction]:
+def equation_value(equation: str, nums: Iterable) -> Fraction | None:
     """The value of `equation` if it is valid and uses the multiset `nums` exactly; else None.
 
     Valid means: it parses, its literals are exactly `nums` (each once, all used; compared before
@@ -132,7 +132,7 @@ def check_equation(equation: str, nums: Iterable, target) -> bool:
     return equation_value(equation, nums) == target
 
 
-def extract_equation(completion: str) -> Optional[str]:
+def extract_equation(completion: str) -> str | None:
     """The stripped text of the first `<answer>...</answer>` block, or None if there is none.
 
     Linear time (two `str.find`s): the same block the original's `<answer>(.*?)</answer>` found.
@@ -143,7 +143,7 @@ def extract_equation(completion: str) -> Optional[str]:
     end = completion.find("</answer>", start + len("<answer>"))
     if end < 0:
         return None
-    return completion[start + len("<answer>"):end].strip()
+    return completion[start + len("<answer>") : end].strip()
 
 
 def as_int(value) -> int:

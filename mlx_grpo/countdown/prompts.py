@@ -58,7 +58,7 @@ def build_prompt(tokenizer, task: Task, *, enable_thinking: bool = True, prefill
     if not text.startswith(conversation):
         raise UserError("the chat template renders the conversation differently with and without the generation prompt")
     # What the template adds after the conversation: the header, then (Qwen3 style) a think block.
-    generation = text[len(conversation):]
+    generation = text[len(conversation) :]
     think = generation.find("<think>")
     template_prefix = generation[think:] if think >= 0 else ""
     return Prompt(text + prefill, template_prefix + prefill)

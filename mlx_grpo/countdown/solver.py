@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 
 MAX_NUMS = 6  # the number of reachable values grows about 40-fold per extra number
 
@@ -126,7 +126,7 @@ def _check_nums(nums) -> tuple[int, ...]:
     return nums
 
 
-@lru_cache(maxsize=None)
+@cache
 def _groups(n: int) -> list[tuple[int, list[tuple[int, int]]]]:
     """Every group of >= 2 of `n` numbers as a bit mask, smaller groups first (the whole set last),
     each with its unordered splits into two groups (left, right), each split once.
@@ -175,6 +175,7 @@ def _value_tables(nums: tuple[int, ...], groups, integer_only: bool) -> dict[int
 
 def _combine(out: dict, left: dict, right: dict, integer_only: bool) -> None:
     """Add to `out` every value of `a op b` (both operand orders) for a in `left`, b in `right`."""
+
     def put(value, op, a, b):
         cost = a[1] + b[1] + (op in "*/")
         old = out.get(value)

@@ -18,8 +18,8 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def load_spec() -> tuple[dict, Path]:
@@ -46,8 +46,16 @@ def time_runs(fn: Callable[[], object], warmup: int, repeats: int) -> list[float
     return [timed(fn) for _ in range(repeats)]
 
 
-def measure_rollout(run: Callable[[int], object], rows: int, max_tokens: int, *, warmup: int, repeats: int,
-                    warmup_tokens: int | None = None, **extra) -> dict:
+def measure_rollout(
+    run: Callable[[int], object],
+    rows: int,
+    max_tokens: int,
+    *,
+    warmup: int,
+    repeats: int,
+    warmup_tokens: int | None = None,
+    **extra,
+) -> dict:
     """Rollout throughput from runs to `max_tokens` (full) and to 1 token (prefill + first sample).
 
     `run(n)` generates n tokens for every row and blocks until done. Full and 1-token runs are
@@ -64,8 +72,14 @@ def measure_rollout(run: Callable[[int], object], rows: int, max_tokens: int, *,
     wall, prefill = statistics.median(full), statistics.median(one)
     decode = rows * (max_tokens - 1) / (wall - prefill) if wall > prefill else None
     return {
-        "status": "ok", "wall_s": wall, "times_s": full, "prefill_s": prefill,
-        "tok_s": rows * max_tokens / wall, "decode_tok_s": decode, "rows": rows, **extra,
+        "status": "ok",
+        "wall_s": wall,
+        "times_s": full,
+        "prefill_s": prefill,
+        "tok_s": rows * max_tokens / wall,
+        "decode_tok_s": decode,
+        "rows": rows,
+        **extra,
     }
 
 

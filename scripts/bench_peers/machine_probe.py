@@ -42,14 +42,17 @@ def matmul_gflops(n: int) -> float:
 def main() -> None:
     spec, out = load_spec()
     options = spec["options"]
-    write_result(out, {
-        "status": "ok",
-        "mlx": mx.__version__,
-        "device": str(mx.default_device()),
-        "blas": blas_info(),
-        "copy_gb_s": copy_gb_s(options["copy_mib"] * 2**20),
-        "matmul_gflops": {str(n): matmul_gflops(n) for n in options["matmul_n"]},
-    })
+    write_result(
+        out,
+        {
+            "status": "ok",
+            "mlx": mx.__version__,
+            "device": str(mx.default_device()),
+            "blas": blas_info(),
+            "copy_gb_s": copy_gb_s(options["copy_mib"] * 2**20),
+            "matmul_gflops": {str(n): matmul_gflops(n) for n in options["matmul_n"]},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -19,24 +19,36 @@ TOY_REWARD = f"{Path(__file__).resolve().with_name('common.py')}:toy_reward"
 
 def rollout(spec: dict) -> dict:
     """`mlx_grpo.rollout.generate` on the benchmark's rows, every row forced to max_tokens."""
-    from mlx_grpo.rollout import generate
     from mlx_lm import load
+
+    from mlx_grpo.rollout import generate
 
     model, tokenizer = load(spec["model"])
     prompt_ids = [tokenizer.apply_chat_template(m, add_generation_prompt=True) for m in spec["messages"]]
     generated: dict[int, int] = {}  # max_tokens -> tokens generated over all rows (last run)
 
     def run(max_tokens: int) -> None:
-        out = generate(model, prompt_ids, group_size=spec["group_size"], max_tokens=max_tokens,
-                       temperature=spec["temperature"], eos_ids=[], seed=spec["seed"])
+        out = generate(
+            model,
+            prompt_ids,
+            group_size=spec["group_size"],
+            max_tokens=max_tokens,
+            temperature=spec["temperature"],
+            eos_ids=[],
+            seed=spec["seed"],
+        )
         mx.eval(out.tokens, out.logps)
         generated[max_tokens] = int(out.lengths.sum().item())
 
     T, rows = spec["max_tokens"], len(prompt_ids) * spec["group_size"]
     result = measure_rollout(run, rows, T, warmup=spec["warmup"], repeats=spec["repeats"])
-    return {**result, "generated_tokens": generated[T],
-            "prompt_tokens": sum(len(p) for p in prompt_ids) * spec["group_size"],
-            "peak_mx_gib": mx.get_peak_memory() / 2**30}
+    return {
+        **result,
+        "generated_tokens": generated[T],
+        "prompt_tokens": sum(len(p) for p in prompt_ids) * spec["group_size"],
+        "peak_mx_gib": mx.get_peak_memory() / 2**30,
+    }
+
 
 def grpo_step(spec: dict) -> dict:
     """`mlx_grpo.trainer.Trainer.run` on the benchmark's tasks, with the toy reward; per-step metrics."""
@@ -48,11 +60,24 @@ def grpo_step(spec: dict) -> dict:
         data.write_text("".join(json.dumps(t) + "\n" for t in spec["tasks"] * 10))
         steps = spec["warmup"] + spec["repeats"]
         config = TrainConfig(
-            model=spec["model"], dataset=str(data), num_samples=10 * len(spec["tasks"]), test_size=0.1,
-            batch_size=len(spec["tasks"]), num_generations=spec["group_size"],
-            max_completion_length=spec["max_tokens"], temperature=spec["temperature"], rewards=[TOY_REWARD],
-            loss_type="grpo", beta=spec["beta"], learning_rate=spec["learning_rate"], lora_rank=spec["lora_rank"],
-            max_steps=steps, eval_every=0, save_every=steps, log_completions_every=steps, seed=spec["seed"],
+            model=spec["model"],
+            dataset=str(data),
+            num_samples=10 * len(spec["tasks"]),
+            test_size=0.1,
+            batch_size=len(spec["tasks"]),
+            num_generations=spec["group_size"],
+            max_completion_length=spec["max_tokens"],
+            temperature=spec["temperature"],
+            rewards=[TOY_REWARD],
+            loss_type="grpo",
+            beta=spec["beta"],
+            learning_rate=spec["learning_rate"],
+            lora_rank=spec["lora_rank"],
+            max_steps=steps,
+            eval_every=0,
+            save_every=steps,
+            log_completions_every=steps,
+            seed=spec["seed"],
             output_dir=str(Path(tmp) / "run"),
         )
         trainer = Trainer(config, progress=False)
@@ -66,7 +91,7 @@ def grpo_step(spec: dict) -> dict:
         trainer.sample = sample_and_keep
         metrics: list[dict] = []
         trainer.run(on_step=metrics.append)
-        metrics = metrics[spec["warmup"]:]
+        metrics = metrics[spec["warmup"] :]
     parts = {name: [m[f"time/{name}"] for m in metrics] for name in ("generate", "score", "update")}
     result = step_result([m["time/step"] for m in metrics], **parts)
     result["completion_tokens"] = metrics[-1]["completion_length/mean"] * len(spec["tasks"]) * spec["group_size"]

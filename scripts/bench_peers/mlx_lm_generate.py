@@ -32,18 +32,32 @@ def main() -> None:
     def sequential(max_tokens: int) -> None:
         count = 0
         for row in rows:
-            for response in stream_generate(model, tokenizer, row, max_tokens=max_tokens, sampler=sampler):
-                pass
-            count += response.generation_tokens
+            *_, last = stream_generate(model, tokenizer, row, max_tokens=max_tokens, sampler=sampler)
+            count += last.generation_tokens
         generated[max_tokens] = count
 
     run = {"batch": batch, "sequential": sequential}[mode]
     mx.random.seed(spec["seed"])
     T = spec["max_tokens"]
-    result = measure_rollout(run, len(rows), T, warmup=spec["warmup"], repeats=spec["repeats"],
-                             warmup_tokens=spec["options"].get("warmup_tokens"))
-    write_result(out, {**result, "generated_tokens": generated[T], "prompt_tokens": sum(len(r) for r in rows),
-                       "peak_mx_gib": mx.get_peak_memory() / 2**30, "version": version("mlx-lm")})
+    result = measure_rollout(
+        run,
+        len(rows),
+        T,
+        warmup=spec["warmup"],
+        repeats=spec["repeats"],
+        warmup_tokens=spec["options"].get("warmup_tokens"),
+    )
+    write_result(
+        out,
+        {
+            **result,
+            "generated_tokens": generated[T],
+            "prompt_tokens": sum(len(r) for r in rows),
+            "peak_mx_gib": mx.get_peak_memory() / 2**30,
+            "version": version("mlx-lm"),
+        },
+    )
+
 
 if __name__ == "__main__":
     main()

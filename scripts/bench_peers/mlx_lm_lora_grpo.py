@@ -39,8 +39,9 @@ def full_length_timed_generate(seen: dict):
         tokenizer.eos_token_ids = []  # no stop token, no answer delimiter: full-length rows
         t0 = time.perf_counter()
         try:
-            completions, texts, indices = original(tokenizer=tokenizer, end_token="", prompt_tokens=prompt_tokens,
-                                                   group_size=group_size, **kwargs)
+            completions, texts, indices = original(
+                tokenizer=tokenizer, end_token="", prompt_tokens=prompt_tokens, group_size=group_size, **kwargs
+            )
         finally:
             seen["generate_s"].append(time.perf_counter() - t0)
             tokenizer.eos_token_ids = eos
@@ -58,21 +59,40 @@ def cli_args(spec: dict, data_dir: Path, adapter_dir: Path):
             setattr(args, key, value)
     steps = spec["warmup"] + spec["repeats"]
     vars(args).update(
-        model=spec["model"], train=True, train_mode="grpo", train_type="lora", data=str(data_dir),
-        adapter_path=str(adapter_dir), iters=steps, batch_size=len(spec["messages"]),
-        group_size=spec["group_size"], max_completion_length=spec["max_tokens"], temperature=spec["temperature"],
-        beta=spec["beta"], epsilon=0.2, grpo_loss_type="grpo", learning_rate=spec["learning_rate"],
-        lora_parameters={"rank": spec["lora_rank"], "dropout": 0.0, "scale": 20.0}, num_layers=-1,
-        reward_functions="bench_toy_reward", steps_per_report=1, steps_per_eval=10**9, save_every=10**9,
-        val_batches=0, fuse=False, seed=spec["seed"], max_seq_length=4096,
+        model=spec["model"],
+        train=True,
+        train_mode="grpo",
+        train_type="lora",
+        data=str(data_dir),
+        adapter_path=str(adapter_dir),
+        iters=steps,
+        batch_size=len(spec["messages"]),
+        group_size=spec["group_size"],
+        max_completion_length=spec["max_tokens"],
+        temperature=spec["temperature"],
+        beta=spec["beta"],
+        epsilon=0.2,
+        grpo_loss_type="grpo",
+        learning_rate=spec["learning_rate"],
+        lora_parameters={"rank": spec["lora_rank"], "dropout": 0.0, "scale": 20.0},
+        num_layers=-1,
+        reward_functions="bench_toy_reward",
+        steps_per_report=1,
+        steps_per_eval=10**9,
+        save_every=10**9,
+        val_batches=0,
+        fuse=False,
+        seed=spec["seed"],
+        max_seq_length=4096,
     )
     return args
 
 
 def main() -> None:
     spec, out = load_spec()
-    register_reward_function("bench_toy_reward")(lambda prompts, completions, answer, types=None:
-                                                 toy_reward(completions))
+    register_reward_function("bench_toy_reward")(
+        lambda prompts, completions, answer, types=None: toy_reward(completions)
+    )
     seen: dict = {"generate_s": []}
     grpo_trainer.generate_grpo = full_length_timed_generate(seen)
     clock = StepClock()

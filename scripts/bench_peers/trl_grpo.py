@@ -61,32 +61,60 @@ def main() -> None:
     clock = StepClock()
     with tempfile.TemporaryDirectory() as tmp:
         config = GRPOConfig(
-            output_dir=tmp, use_cpu=True, bf16=False, fp16=False,
+            output_dir=tmp,
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
             model_init_kwargs={"dtype": torch.float32},
-            per_device_train_batch_size=rows, num_generations=spec["group_size"],
-            max_completion_length=spec["max_tokens"], temperature=spec["temperature"],
+            per_device_train_batch_size=rows,
+            num_generations=spec["group_size"],
+            max_completion_length=spec["max_tokens"],
+            temperature=spec["temperature"],
             generation_kwargs={"min_new_tokens": spec["max_tokens"]},
-            beta=spec["beta"], loss_type="grpo", learning_rate=spec["learning_rate"],
+            beta=spec["beta"],
+            loss_type="grpo",
+            learning_rate=spec["learning_rate"],
             gradient_checkpointing=spec["options"]["gradient_checkpointing"],
-            max_steps=steps, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+            max_steps=steps,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
             seed=spec["seed"],
         )
         trainer = TimedGRPOTrainer(
-            model=spec["model"], reward_funcs=bench_toy_reward, args=config,
+            model=spec["model"],
+            reward_funcs=bench_toy_reward,
+            args=config,
             train_dataset=Dataset.from_list([{"prompt": m} for m in spec["messages"]] * steps),
-            peft_config=LoraConfig(r=spec["lora_rank"], lora_alpha=2 * spec["lora_rank"], lora_dropout=0.0,
-                                   target_modules="all-linear", task_type="CAUSAL_LM"),
+            peft_config=LoraConfig(
+                r=spec["lora_rank"],
+                lora_alpha=2 * spec["lora_rank"],
+                lora_dropout=0.0,
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+            ),
             callbacks=[clock],
         )
         trainer.train()
         lengths = [m for m in trainer.state.log_history if "completions/mean_length" in m]
     w = spec["warmup"]
     result = step_result(clock.step_s[w:], generate=TimedGRPOTrainer.generate_s[w:])
-    prompt_tokens = sum(len(trainer.processing_class.apply_chat_template(
-        m, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]) for m in spec["messages"])
-    result.update(version=version("trl"), torch=torch.__version__, threads=torch.get_num_threads(),
-                  prompt_tokens=prompt_tokens * spec["group_size"],
-                  completion_tokens=lengths[-1]["completions/mean_length"] * rows if lengths else None)
+    prompt_tokens = sum(
+        len(
+            trainer.processing_class.apply_chat_template(
+                m, add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
+        for m in spec["messages"]
+    )
+    result.update(
+        version=version("trl"),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        prompt_tokens=prompt_tokens * spec["group_size"],
+        completion_tokens=lengths[-1]["completions/mean_length"] * rows if lengths else None,
+    )
     write_result(out, result)
 
 
