@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench clean-venv
+.PHONY: demo test test-fast lint format bench clean-venv
 
 OPENBLAS := /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0
 
@@ -24,6 +24,17 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	@# The test process itself gets OpenBLAS when present (the CLI re-executes itself with it).
 	LD_PRELOAD="$$( [ -e $(OPENBLAS) ] && echo $(OPENBLAS) )" $(PY) -m pytest
+
+test-fast: $(VENV)/.installed
+	LD_PRELOAD="$$( [ -e $(OPENBLAS) ] && echo $(OPENBLAS) )" $(PY) -m pytest -m "not slow"
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: $(VENV)/.installed
 	$(PY) scripts/bench.py
