@@ -1,7 +1,12 @@
-"""Episodes: the unit that flows from rollout to update.
+"""Episodes: the unit that flows from rollout to update, and the source that makes them each step.
 
-B tasks -> B chat prompts -> B×G sampled completions (group-major) -> text -> rewards. Training
-and evaluation both produce their samples here, so both score completions the same way.
+B tasks -> B chat prompts -> B×G sampled completions (group-major) -> text -> verdicts -> rewards.
+Training and evaluation both produce their samples here, so both judge completions the same way,
+once (`countdown.scoring`).
+
+The data order is a function of (seed, step) alone: step s uses the tasks at positions
+[(s-1)·B, s·B) of a sequence of seeded permutations of the train split (one per epoch), and its
+sampling is seeded from (seed, step). So a resumed run repeats exactly what an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -10,12 +15,15 @@ import time
 from dataclasses import dataclass
 
 import mlx.core as mx
+import numpy as np
 
 from mlx_grpo.countdown.prompts import Prompt, build_prompt
+from mlx_grpo.countdown.scoring import Verdict, judge_all
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.model import adapters_merged
-from mlx_grpo.rewards import RewardSet, equation_reward_func, format_reward_func
+from mlx_grpo.rewards import RewardSet
 from mlx_grpo.rollout import Rollout, generate
+from mlx_grpo.sampling import SamplingOptions
 
 
 @dataclass
@@ -24,16 +32,23 @@ class Episodes:
     prompts: list[Prompt]  # [B]
     rollout: Rollout  # tokens/mask/logps [R, T], R = B*G in group-major order
     completions: list[str]  # [R] decoded completion text, stop token removed
+    verdicts: list[Verdict]  # [R] well formed / equation / correct, judged once
     rewards: dict[str, list[float]]  # reward name -> [R] unweighted values
     totals: list[float]  # [R] weighted sum of the rewards
-    correct: list[bool]  # [R] the equation reaches the target (accuracy)
-    well_formed: list[bool]  # [R] the format reward is met
     group_size: int
     seconds: dict  # {"generate": ..., "score": ...} wall time of sampling and of decoding + rewards
 
     @property
     def num_rows(self) -> int:
         return len(self.completions)
+
+    @property
+    def correct(self) -> list[bool]:  # [R] the equation reaches the target (accuracy)
+        return [v.correct for v in self.verdicts]
+
+    @property
+    def well_formed(self) -> list[bool]:  # [R] the format check is met
+        return [v.well_formed for v in self.verdicts]
 
     def row_task(self, row: int) -> Task:
         return self.tasks[row // self.group_size]
@@ -66,45 +81,77 @@ def run_episodes(
     tasks: list[Task],
     *,
     group_size: int,
-    max_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
+    sampling: SamplingOptions,
     reward_set: RewardSet | None = None,
     enable_thinking: bool = True,
     prefill: str = "",
     seed: int | None = None,
+    eos_ids: list[int] | None = None,
 ) -> Episodes:
-    """Sample `group_size` completions per task and score them.
+    """Sample `group_size` completions per task, judge and score them.
 
-    With `reward_set` None only the accuracy and format checks run (evaluation).
+    With `reward_set` None only the verdicts are computed (evaluation). `eos_ids` None: the
+    tokenizer's stop tokens ([]: every row runs to the length cap, as the benchmark wants).
     """
     start = time.perf_counter()
     prompts, prompt_ids = encode_prompts(tokenizer, tasks, enable_thinking=enable_thinking, prefill=prefill)
+    eos_ids = sorted(tokenizer.eos_token_ids) if eos_ids is None else eos_ids
     with adapters_merged(model):  # small models: LoRA's extra ops are ~7% of sampling
-        rollout = generate(
-            model,
-            prompt_ids,
-            group_size=group_size,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            eos_ids=sorted(tokenizer.eos_token_ids),
-            seed=seed,
-        )
+        rollout = generate(model, prompt_ids, group_size=group_size, sampling=sampling, eos_ids=eos_ids, seed=seed)
         mx.eval(rollout.tokens, rollout.logps)
     sampled = time.perf_counter()
     completions = decode_completions(tokenizer, rollout)
     row_tasks = [tasks[r // group_size] for r in range(len(completions))]
     prefixes = [prompts[r // group_size].assistant_prefix for r in range(len(completions))]
-    targets = [t.target for t in row_tasks]
-    nums = [list(t.nums) for t in row_tasks]
-    correct = [v == 1.0 for v in equation_reward_func(completions, targets, nums)]
-    well_formed = [v == 1.0 for v in format_reward_func(completions, assistant_prefixes=prefixes)]
+    verdicts = judge_all(completions, row_tasks, prefixes)
     if reward_set is None:
         rewards, totals = {}, [0.0] * len(completions)
     else:
-        totals, rewards = reward_set.score(completions, row_tasks, prefixes)
+        totals, rewards = reward_set.score(completions, row_tasks, prefixes, verdicts=verdicts)
     seconds = {"generate": sampled - start, "score": time.perf_counter() - sampled}
-    return Episodes(tasks, prompts, rollout, completions, rewards, totals, correct, well_formed, group_size, seconds)
+    return Episodes(tasks, prompts, rollout, completions, verdicts, rewards, totals, group_size, seconds)
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**31)
+
+
+def task_indices(step: int, batch_size: int, num_tasks: int, seed: int) -> list[int]:
+    """Rows of the train split used at `step` (1-based): epochs of seeded permutations."""
+    out = []
+    for position in range((step - 1) * batch_size, step * batch_size):
+        epoch, offset = divmod(position, num_tasks)
+        out.append(int(np.random.default_rng([seed, epoch]).permutation(num_tasks)[offset]))
+    return out
+
+
+@dataclass
+class EpisodeSource:
+    """The episodes of each training step: `source(step)` samples and scores that step's tasks.
+
+    The training loop takes any callable `step -> Episodes`; this is the default one.
+    `eos_ids` None: the tokenizer's stop tokens.
+    """
+
+    model: object
+    tokenizer: object
+    tasks: list[Task]  # the train split
+    config: object  # TrainConfig
+    reward_set: RewardSet
+    eos_ids: list[int] | None = None
+
+    def __call__(self, step: int) -> Episodes:
+        c = self.config
+        rows = task_indices(step, c.batch_size, len(self.tasks), c.seed)
+        return run_episodes(
+            self.model,
+            self.tokenizer,
+            [self.tasks[i] for i in rows],
+            group_size=c.num_generations,
+            sampling=SamplingOptions.of_config(c),
+            reward_set=self.reward_set,
+            enable_thinking=c.enable_thinking,
+            prefill=c.prefill,
+            seed=step_seed(c.seed, step),
+            eos_ids=self.eos_ids,
+        )

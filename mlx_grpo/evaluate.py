@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from mlx_grpo.countdown.expr import equation_value, extract_equation
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.episodes import run_episodes
+from mlx_grpo.sampling import SamplingOptions
 
 
 def evaluate(
@@ -36,25 +36,26 @@ def evaluate(
     """
     correct = well_formed = equations = length = 0
     solved_by_sampling = 0
+    greedy_sampling, pass_sampling = SamplingOptions(max_tokens, 0.0), SamplingOptions(max_tokens, temperature)
+    common = dict(enable_thinking=enable_thinking, prefill=prefill)
     batches = range(0, len(tasks), batch_size)
     for start in tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False):
         chunk = tasks[start : start + batch_size]
-        common = dict(max_tokens=max_tokens, enable_thinking=enable_thinking, prefill=prefill)
-        greedy = run_episodes(model, tokenizer, chunk, group_size=1, temperature=0.0, seed=seed + start, **common)
-        correct += sum(greedy.correct)
-        well_formed += sum(greedy.well_formed)
-        equations += sum(
-            equation_value(extract_equation(c) or "", t.nums) is not None for t, c in zip(chunk, greedy.completions)
+        greedy = run_episodes(
+            model, tokenizer, chunk, group_size=1, sampling=greedy_sampling, seed=seed + start, **common
         )
+        correct += sum(v.correct for v in greedy.verdicts)
+        well_formed += sum(v.well_formed for v in greedy.verdicts)
+        equations += sum(v.is_equation for v in greedy.verdicts)
         length += int(greedy.rollout.lengths.sum().item())
         if samples is not None:
             samples.extend(
-                {"target": t.target, "nums": list(t.nums), "completion": c, "correct": ok}
-                for t, c, ok in zip(chunk, greedy.completions, greedy.correct)
+                {"target": t.target, "nums": list(t.nums), "completion": c, "correct": v.correct}
+                for t, c, v in zip(chunk, greedy.completions, greedy.verdicts)
             )
         if pass_k > 1:
             sampled = run_episodes(
-                model, tokenizer, chunk, group_size=pass_k, temperature=temperature, seed=seed + start + 1, **common
+                model, tokenizer, chunk, group_size=pass_k, sampling=pass_sampling, seed=seed + start + 1, **common
             )
             hits = [any(sampled.correct[i * pass_k : (i + 1) * pass_k]) for i in range(len(chunk))]
             solved_by_sampling += sum(hits)

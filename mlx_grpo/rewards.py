@@ -2,32 +2,19 @@
 
 A reward function takes the keyword arguments the trainer passes and returns one float per
 completion: `completions` (decoded text, stop token removed), `targets`, `nums_list`,
-`assistant_prefixes` (the part of the assistant turn already in the prompt) and, when the caller
-has them, `prompts`. Built-in rewards (names for the `rewards` setting):
+`assistant_prefixes` (the part of the assistant turn already in the prompt), `verdicts` (the
+`countdown.scoring.Verdict` of each completion, judged once per step) and, when the caller has them,
+`prompts`. Built-in rewards (names for the `rewards` setting) read the verdicts, so no completion is
+parsed twice; called without them (the seed notebook's way) they judge the completions themselves:
 
 - "format" (`format_reward_func`): 1.0 when the whole assistant turn is
-  `<think>THOUGHT</think>\\n<answer>ANSWER</answer>` and nothing else, as the original's regex
-  `^<think>((?:(?!</think>).)*)</think>\\n<answer>((?:(?!</answer>).)*)</answer>$` (DOTALL), else 0.0.
-  The turn is `assistant_prefix + completion`, judged from the prefix's `<think>` on (text a prefill
-  puts before it is the prompt's, not the model's). When the prefix already closed the think block
-  (Qwen3 with thinking off renders `<think>\\n\\n</think>\\n\\n`), the completion must be exactly one
-  `<answer>...</answer>` block. One departure: Python's `$` also matches before a final "\\n", so
-  the original accepted `</answer>\\n`; here nothing at all may follow `</answer>`.
+  `<think>THOUGHT</think>\\n<answer>ANSWER</answer>` and nothing else (`Verdict.well_formed`), else 0.0.
 - "equation" (`equation_reward_func`): 1.0 when the first `<answer>...</answer>` block holds an
-  equation that uses each number exactly once and equals the target exactly (see
-  `countdown.expr`; a trailing `= N` must be true), else 0.0. Text after `</answer>` does not
-  matter here: the format reward already punishes it, and keeping the two independent keeps
-  accuracy a measure of arithmetic alone (the original's four test cases rely on that).
+  equation that uses each number exactly once and equals the target exactly (`Verdict.correct`).
 - "equation_partial" (off by default): 1.0 when correct; for a valid equation that uses exactly the
   numbers but misses, `0.5 * max(0, 1 - |value - target| / max(|target|, 1))`; 0.0 otherwise.
 
 Custom rewards: `module:function` or `path/to/file.py:function`; any spec may end in `=WEIGHT`.
-
-Every built-in reward takes linear time in the completion with a small constant (two `str.find`s,
-then a parser bounded by `expr.MAX_CHARS`), and completions longer than MAX_COMPLETION_CHARS score
-0.0 outright. Measured (`RewardSet.score`, Python 3.11, the shared 2-core development machine):
-10,000 completions in the reference solutions' format, half with a wrong target, score with
-format + equation in 0.17 s (0.35 s with equation_partial added), about 17 µs per completion.
 """
 
 from __future__ import annotations
@@ -41,68 +28,56 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from mlx_grpo.countdown.expr import as_int, equation_value, extract_equation
+from mlx_grpo.countdown.expr import as_int
+from mlx_grpo.countdown.scoring import Verdict, is_well_formed, judge, judge_all
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.errors import UserError
-
-MAX_COMPLETION_CHARS = 1_000_000  # far beyond any generation budget; bounds the time per input
 
 RewardFunc = Callable[..., list]
 
 
-def is_well_formed(completion: str, assistant_prefix: str = "") -> bool:
-    """The format check for one completion (see the module docstring). Never raises."""
-    if not isinstance(completion, str) or len(completion) + len(assistant_prefix) > MAX_COMPLETION_CHARS:
-        return False
-    closed = assistant_prefix.find("</think>")
-    if closed >= 0:  # the prompt closed the think block: only the answer is the model's
-        return _is_answer_block(assistant_prefix[closed + len("</think>") :].lstrip() + completion)
-    opened = assistant_prefix.find("<think>")
-    turn = (assistant_prefix[opened:] if opened >= 0 else assistant_prefix) + completion
-    if not turn.startswith("<think>"):
-        return False
-    end = turn.find("</think>", len("<think>"))  # the think block ends at the first </think>
-    after = end + len("</think>")
-    return end >= 0 and turn.startswith("\n", after) and _is_answer_block(turn[after + 1 :])
-
-
-def _is_answer_block(text: str) -> bool:
-    # "<answer>", then anything without "</answer>", then "</answer>" as the very end
-    return text.startswith("<answer>") and text.find("</answer>", len("<answer>")) == len(text) - len("</answer>")
-
-
 def format_reward_func(
-    completions: Sequence[str], assistant_prefixes: Sequence[str] | None = None, **kwargs
+    completions: Sequence[str],
+    assistant_prefixes: Sequence[str] | None = None,
+    verdicts: Sequence[Verdict] | None = None,
+    **kwargs,
 ) -> list[float]:
     """1.0 per completion whose assistant turn is exactly `<think>…</think>\\n<answer>…</answer>`, else 0.0.
 
     Args:
         completions: [R] completion texts.
         assistant_prefixes: [R] the assistant-turn text already in each prompt (default: "" each).
+        verdicts: [R] the completions' verdicts, when the caller judged them already.
     """
-    prefixes = [""] * len(completions) if assistant_prefixes is None else assistant_prefixes
-    _check_lengths(completions, assistant_prefixes=prefixes)
-    return [1.0 if is_well_formed(c, p) else 0.0 for c, p in zip(completions, prefixes)]
+    if verdicts is None:
+        prefixes = [""] * len(completions) if assistant_prefixes is None else assistant_prefixes
+        _check_lengths(completions, assistant_prefixes=prefixes)
+        return [1.0 if is_well_formed(c, p) else 0.0 for c, p in zip(completions, prefixes)]
+    return [1.0 if v.well_formed else 0.0 for v in _checked_verdicts(completions, verdicts)]
 
 
-def equation_reward_func(completions: Sequence[str], targets: Sequence, nums_list: Sequence, **kwargs) -> list[float]:
+def equation_reward_func(
+    completions: Sequence[str], targets: Sequence, nums_list: Sequence, verdicts=None, **kwargs
+) -> list[float]:
     """1.0 per completion whose first answer block reaches its target exactly with its numbers, else 0.0.
 
     Args:
         completions: [R] completion texts.
         targets: [R] targets, ints or strings like "14".
         nums_list: [R] lists of available numbers, ints or strings.
+        verdicts: [R] the completions' verdicts, when the caller judged them already.
     Raises:
         ValueError: a target or number is not an integer (bad task data, not bad model output).
     """
-    return [1.0 if value == target else 0.0 for value, target in _answer_values(completions, targets, nums_list)]
+    return [1.0 if v.correct else 0.0 for v in _verdicts(completions, targets, nums_list, verdicts)]
 
 
 def equation_partial_reward_func(
-    completions: Sequence[str], targets: Sequence, nums_list: Sequence, **kwargs
+    completions: Sequence[str], targets: Sequence, nums_list: Sequence, verdicts=None, **kwargs
 ) -> list[float]:
     """Like `equation_reward_func`, plus up to 0.5 for a valid equation that uses the numbers but misses."""
-    return [_closeness(value, target) for value, target in _answer_values(completions, targets, nums_list)]
+    verdicts = _verdicts(completions, targets, nums_list, verdicts)
+    return [_closeness(v.value, as_int(t)) for v, t in zip(verdicts, targets)]
 
 
 def _closeness(value: Fraction | None, target: int) -> float:
@@ -113,16 +88,16 @@ def _closeness(value: Fraction | None, target: int) -> float:
     return float(max(Fraction(0), 1 - abs(value - target) / max(abs(target), 1)) / 2)
 
 
-def _answer_values(completions, targets, nums_list) -> list[tuple[Fraction | None, int]]:
-    # [R] (value of the answer's equation or None, target)
+def _verdicts(completions, targets, nums_list, verdicts) -> Sequence[Verdict]:
     _check_lengths(completions, targets=targets, nums_list=nums_list)
-    out = []
-    for completion, target, nums in zip(completions, targets, nums_list):
-        target, nums = as_int(target), [as_int(n) for n in nums]
-        readable = isinstance(completion, str) and len(completion) <= MAX_COMPLETION_CHARS
-        answer = extract_equation(completion) if readable else None
-        out.append((None if answer is None else equation_value(answer, nums), target))
-    return out
+    if verdicts is None:  # the answer's value does not depend on the format: no prefix needed
+        verdicts = [judge(c, t, n) for c, t, n in zip(completions, targets, nums_list)]
+    return _checked_verdicts(completions, verdicts)
+
+
+def _checked_verdicts(completions, verdicts) -> Sequence[Verdict]:
+    _check_lengths(completions, verdicts=verdicts)
+    return verdicts
 
 
 def _check_lengths(rows: Sequence, **columns) -> None:
@@ -237,9 +212,13 @@ class RewardSet:
         tasks: Sequence[Task],
         assistant_prefixes: Sequence[str] | None = None,
         *,
+        verdicts: Sequence[Verdict] | None = None,
         prompts: Sequence[str] | None = None,
     ) -> tuple[list[float], dict[str, list[float]]]:
         """Score completions [R] of tasks [R] (one task per completion).
+
+        `verdicts` [R] are the completions' `judge_all` verdicts when the caller has them already
+        (they are judged here otherwise); every reward function receives them.
 
         Returns:
             (totals [R] weighted sums, {name: [R] unweighted values}) in `names` order.
@@ -247,11 +226,13 @@ class RewardSet:
             UserError: a reward returned the wrong number of values or a non-finite value.
         """
         n = len(completions)
+        prefixes = [""] * n if assistant_prefixes is None else list(assistant_prefixes)
         kwargs = {
             "completions": list(completions),
             "targets": [t.target for t in tasks],
             "nums_list": [list(t.nums) for t in tasks],
-            "assistant_prefixes": [""] * n if assistant_prefixes is None else list(assistant_prefixes),
+            "assistant_prefixes": prefixes,
+            "verdicts": judge_all(completions, tasks, prefixes) if verdicts is None else list(verdicts),
         }
         if prompts is not None:
             kwargs["prompts"] = list(prompts)

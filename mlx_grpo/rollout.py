@@ -1,37 +1,19 @@
 """Batched generation for GRPO: B prompts x G completions, decoded together by a compiled step.
 
-Each prompt is prefilled once (the B prompts left-padded into one forward pass, the layout of
-`mlx_grpo.logprobs`; the prefix they all share, such as the system prompt, runs once for all of
-them, in front of the pad slots); its keys/values are copied G times into a fixed-capacity buffer
-per layer, so rows [b*G, (b+1)*G) are prompt b's group. All R = B*G rows are then decoded together by one
-`mx.compile`d step that writes the new keys/values at an array-valued slot (`mx.slice_update`) and
-masks the unused slots, so its shapes do not change from token to token. The buffer grows by
-CAPACITY_BUCKET slots when full (one more compile per new capacity, kept for later calls): attention
-on the CPU costs in proportion to the capacity, so a tight buffer beats one sized for max_tokens.
-Steps are queued with `mx.async_eval`; the host reads the "every row stopped" flag every
-CHECK_EVERY steps, one step behind, and stops early when every row has stopped.
+Each prompt is prefilled once (the B prompts in the padded layout of `mlx_grpo.layout`, one forward
+pass; the prefix they all share, such as the system prompt, runs once for all of them); its
+keys/values are copied G times into a fixed-capacity buffer per layer, so rows [b*G, (b+1)*G) are
+prompt b's group. All R = B*G rows are then decoded together by one `mx.compile`d step that writes
+the new keys/values at an array-valued slot (`mx.slice_update`) and masks the unused slots, so its
+shapes do not change from token to token. The buffer grows by CAPACITY_BUCKET slots when full (one
+more compile per new capacity, kept for later calls): attention on the CPU costs in proportion to the
+capacity, so a tight buffer beats one sized for max_tokens. Steps are queued with `mx.async_eval`;
+the host reads the "every row stopped" flag every CHECK_EVERY steps, one step behind, and stops early
+when every row has stopped.
 
-Sampling (`sample`): logits / temperature, then top-k, then top-p (nucleus) on what top-k kept, then
-an inverse-CDF draw from the renormalised distribution; the returned log-prob is that of the sampled
-token under exactly this truncated, renormalised distribution (float32). temperature=0 is greedy
-decoding with log-prob 0. A stop token is kept (mask 1); later slots are padding (token 0, mask 0).
-
-Speed (scripts/bench_rollout.py: 4 prompts x 4 generations x 64 tokens forced to full length,
-temperature 1; 2-core x86-64 shared with other jobs, MLX 0.32.4 CPU float32, OpenBLAS preloaded;
-medians, all figures of a row from one run; wall tokens/s including the prefill):
-
-    model (random weights)             load   ours     ours, no compile   mlx-lm batch_generate
-    tiny Qwen3 128x4, vocab 512         2.5   3,908    3,146              2,588   (1.51x)
-    tiny Qwen3 128x4, vocab 512         6.5   2,189    1,628              1,427   (1.53x)
-    Qwen3-0.6B shape, fp32 (wall)       6.5   10.6     -                  9.2     (1.14x)
-    Qwen3-0.6B shape, fp32 (decode)     6.5   10.9     -                  8.2     (1.34x)
-
-Kept over `BatchGenerator`: faster in every run, exact log-probs of the truncated distribution, one
-prefill per prompt instead of per row. Where the time goes on the tiny model: the compiled model
-forward alone, without a KV cache, takes 2.1 ms per step (mlx-lm's layers on MLX CPU: rms_norm, rope
-and attention are several kernels each); attention over the cache adds ~1.7 ms (its softmax `exp`
-over every slot dominates, hence the tight, growing buffer); sampling ~0.15 ms. At 0.6B the fp32
-matmuls with 16 rows dominate both contenders alike.
+Tokens are drawn by `mlx_grpo.sampling.sample`, whose log-probs are those of the distribution sampled
+from. A stop token is kept (mask 1); later slots are padding (token 0, mask 0). `scripts/bench.py`
+measures the speed against mlx-lm's `batch_generate`.
 """
 
 from __future__ import annotations
@@ -43,7 +25,9 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_grpo.logprobs import hidden_states, left_pad, output_layer, pad_slots, prompt_pass, shared_prefix_length
+from mlx_grpo.layout import PromptBatch, pad_slots
+from mlx_grpo.logprobs import hidden_states, output_layer, prompt_pass
+from mlx_grpo.sampling import SamplingOptions, sample
 
 CAPACITY_BUCKET = 32  # KV buffers grow by this many slots (one compile per capacity)
 CHECK_EVERY = 4  # decode steps between host checks of "every row stopped"
@@ -51,14 +35,14 @@ CHECK_EVERY = 4  # decode steps between host checks of "every row stopped"
 
 @dataclass
 class Rollout:
-    """Sampled completions, R = len(prompt_ids) * group_size rows in group-major order.
+    """Sampled completions, R = B * group_size rows in group-major order.
 
     tokens: `[R, T]` int32 right-padded with 0; T = the longest completion.
     mask: `[R, T]` float32, 1 on generated tokens including the stop token.
     logps: `[R, T]` float32 log-prob of each token under the distribution it was sampled from (0 on padding).
     lengths: `[R]` int32 generated tokens per row (stop token included).
     truncated: `[R]` bool, True where the row hit `max_tokens` without a stop token.
-    prompt_ids: the B prompts as given; row r belongs to prompt r // group_size.
+    prompts: the B prompts in the padded layout they were prefilled in; row r continues prompt r // group_size.
     """
 
     tokens: mx.array
@@ -66,48 +50,8 @@ class Rollout:
     logps: mx.array
     lengths: mx.array
     truncated: mx.array
-    prompt_ids: list[list[int]]
+    prompts: PromptBatch
     group_size: int
-
-
-def sample(logits: mx.array, key: mx.array, temperature, *, top_k: int = 0, top_p=None):
-    """Draw one token per row and return its log-prob under the distribution sampled from.
-
-    Inverse-CDF sampling: one uniform number per row and one `exp` over the vocabulary, which is
-    shared with the normaliser of the log-prob (Gumbel-max would need two more passes over it).
-
-    Args:
-        logits: `[R, V]` float32.
-        key: a PRNG key (`mx.random.key`).
-        temperature: float or scalar array > 0 (greedy decoding is handled by the caller).
-        top_k: keep the k most likely tokens (0: all).
-        top_p: None, or keep the smallest most-likely set whose mass reaches top_p (after top-k).
-
-    Returns:
-        `(tokens [R] int32, logps [R] float32)`.
-    """
-    scaled = logits / temperature  # [R, V]
-    if top_k:
-        order = mx.argpartition(-scaled, kth=top_k - 1, axis=-1)
-        scaled = mx.put_along_axis(scaled, order[:, top_k:], mx.array(-mx.inf, scaled.dtype), axis=-1)
-    peak = mx.max(scaled, axis=-1, keepdims=True)  # [R, 1]
-    weights = mx.exp(scaled - peak)  # [R, V] unnormalised probabilities, 0 where dropped
-    if top_p is not None:
-        # sorting 151,936 floats per row costs ~20 ms each on a CPU: sort only top-k's survivors if any
-        kept = mx.take_along_axis(weights, order[:, :top_k], axis=-1) if top_k else weights
-        ordered = -mx.sort(-kept, axis=-1)  # [R, k or V] descending
-        mass_before = mx.cumsum(ordered, axis=-1) - ordered
-        keep = mx.sum(mass_before < top_p * ordered.sum(axis=-1, keepdims=True), axis=-1, keepdims=True)  # >= 1
-        weights = mx.where(weights < mx.take_along_axis(ordered, keep - 1, axis=-1), 0.0, weights)
-    cdf = mx.cumsum(weights, axis=-1)  # [R, V]
-    total = cdf[:, -1:]
-    draw = mx.random.uniform(shape=total.shape, key=key) * total
-    tokens = mx.minimum(mx.sum(cdf <= draw, axis=-1), cdf.shape[-1] - 1)  # first index with cdf > draw
-    # float rounding can land the draw past the last kept token: take the mode then (probability ~1e-7)
-    picked = mx.take_along_axis(weights, tokens[:, None], axis=-1)[:, 0]
-    tokens = mx.where(picked > 0, tokens, mx.argmax(weights, axis=-1)).astype(mx.int32)
-    picked = mx.take_along_axis(scaled, tokens[:, None], axis=-1)
-    return tokens, (picked - peak - mx.log(total))[:, 0]
 
 
 class _SlotCache:
@@ -188,7 +132,7 @@ _DECODERS: dict[tuple, _Decoder] = {}
 
 def _signature(model: nn.Module) -> tuple:
     """What a trace bakes in besides the weights: the modules, their types and plain attributes
-    (a LoRA scale set to 0 for the reference policy, the training flag, ...)."""
+    (a LoRA layer swapped for its base layer, the training flag, a changed scale, ...)."""
     plain = (bool, int, float, str)
     return tuple(
         (name, type(m).__name__, tuple(sorted((k, v) for k, v in vars(m).items() if isinstance(v, plain))))
@@ -232,24 +176,12 @@ def _prefill(model: nn.Module, prompts: mx.array, prompt_pad: mx.array, group_si
     return mx.repeat(logits, group_size, axis=0), keys, values
 
 
-def _validate(prompt_ids, group_size, max_tokens, temperature, top_p, top_k):
-    if not prompt_ids or any(len(ids) == 0 for ids in prompt_ids):
-        raise ValueError("prompt_ids must be a non-empty list of non-empty token lists")
-    if group_size < 1 or max_tokens < 1:
-        raise ValueError(f"group_size and max_tokens must be >= 1, got {group_size} and {max_tokens}")
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-        raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}")
-
-
 def generate(
     model: nn.Module,
     prompt_ids: list[list[int]],
     *,
     group_size: int,
-    max_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
+    sampling: SamplingOptions,
     eos_ids: Iterable[int],
     seed: int | None = None,
 ) -> Rollout:
@@ -259,43 +191,42 @@ def generate(
         model: an mlx-lm causal LM (LoRA layers allowed; see `mlx_grpo.logprobs` for what is assumed).
         prompt_ids: B prompts as token-id lists, any lengths.
         group_size: completions per prompt (G).
-        max_tokens: the most tokens generated per row.
-        temperature: softmax temperature; 0 is greedy decoding.
-        top_p: nucleus sampling mass (1: off).
-        top_k: keep only the k most likely tokens (0: off).
+        sampling: length cap, temperature, top-p and top-k.
         eos_ids: stop tokens (may be empty: every row runs to max_tokens).
         seed: PRNG seed; None draws one from MLX's global generator (so `mx.random.seed` reproduces).
 
     Returns:
         A `Rollout` with R = B * group_size rows, prompt b's completions in rows [b*G, (b+1)*G).
     """
-    _validate(prompt_ids, group_size, max_tokens, temperature, top_p, top_k)
+    if not prompt_ids or any(len(ids) == 0 for ids in prompt_ids):
+        raise ValueError("prompt_ids must be a non-empty list of non-empty token lists")
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
     if seed is None:
         seed = mx.random.randint(0, 2**31 - 1).item()
     was_training = model.training
     model.eval()  # no dropout while sampling
     try:
-        return _rollout(model, prompt_ids, group_size, max_tokens, temperature, top_p, top_k, eos_ids, seed)
+        return _rollout(model, PromptBatch.build(prompt_ids), group_size, sampling, eos_ids, seed)
     finally:
         model.train(was_training)
 
 
-def _rollout(model, prompt_ids, group_size, max_tokens, temperature, top_p, top_k, eos_ids, seed) -> Rollout:
+def _rollout(model, prompts: PromptBatch, group_size, options: SamplingOptions, eos_ids, seed) -> Rollout:
     """Prefill once, then decode all rows until every row stopped or max_tokens were generated."""
-    shared = shared_prefix_length(prompt_ids)  # e.g. the system prompt: prefilled once
-    prompts, prompt_pad = left_pad(prompt_ids, shared=shared)  # [B, P], [B]
-    R, P = len(prompt_ids) * group_size, prompts.shape[1]
-    decoder = _decoder(model, temperature == 0, top_k, top_p < 1)
-    logits, keys, values = _prefill(model, prompts, prompt_pad, group_size, shared)
-    row_pad, pad_start = mx.repeat(prompt_pad, group_size), mx.array([shared], mx.int32)  # [R], [1]
+    R, P = len(prompts.ids) * group_size, prompts.tokens.shape[1]
+    decoder = _decoder(model, options.greedy, options.top_k, options.top_p < 1)
+    logits, keys, values = _prefill(model, prompts.tokens, prompts.pad, group_size, prompts.shared)
+    row_pad, pad_start = mx.repeat(prompts.pad, group_size), mx.array([prompts.shared], mx.int32)  # [R], [1]
     eos = mx.array(sorted(set(eos_ids)) or [-1], dtype=mx.int32)
-    sampling = (mx.array(max(temperature, 1e-30), mx.float32), mx.array(top_p, mx.float32), eos)
+    temperature = mx.array(max(options.temperature, 1e-30), mx.float32)
+    sampling = (temperature, mx.array(options.top_p, mx.float32), eos)
 
     done, lengths, key = mx.zeros((R,), mx.bool_), mx.zeros((R,), mx.int32), mx.random.key(seed)
     tokens, logps, done, lengths, key = decoder.sample(logits, done, lengths, key, *sampling)
     slot = mx.array([P], mx.int32)
     out_tokens, out_logps, all_done = [tokens], [logps], [done.all()]
-    for step in range(1, max_tokens):
+    for step in range(1, options.max_tokens):
         if P + step > keys[0].shape[2]:  # the buffer is full: grow it by one bucket (one more compile)
             keys = [_with_capacity(k, k.shape[2] + CAPACITY_BUCKET) for k in keys]
             values = [_with_capacity(v, v.shape[2] + CAPACITY_BUCKET) for v in values]
@@ -308,10 +239,10 @@ def _rollout(model, prompt_ids, group_size, max_tokens, temperature, top_p, top_
         out_logps.append(logps)
         if step % CHECK_EVERY == 0 and all_done[-2].item():  # one step behind: the queue stays full
             break
-    return _collect(out_tokens, out_logps, lengths, done, prompt_ids, group_size)
+    return _collect(out_tokens, out_logps, lengths, done, prompts, group_size)
 
 
-def _collect(out_tokens, out_logps, lengths, done, prompt_ids, group_size) -> Rollout:
+def _collect(out_tokens, out_logps, lengths, done, prompts, group_size) -> Rollout:
     """Stack the per-step outputs into a Rollout, trimmed to the longest completion."""
     T = max(lengths.max().item(), 1)
     tokens = mx.stack(out_tokens, axis=1)[:, :T]  # [R, T]
@@ -319,4 +250,4 @@ def _collect(out_tokens, out_logps, lengths, done, prompt_ids, group_size) -> Ro
     mask = (mx.arange(T)[None, :] < lengths[:, None]).astype(mx.float32)
     truncated = ~done
     mx.eval(tokens, mask, logps, truncated)
-    return Rollout(tokens, mask, logps, lengths, truncated, prompt_ids, group_size)
+    return Rollout(tokens, mask, logps, lengths, truncated, prompts, group_size)

@@ -1,21 +1,22 @@
-"""The GRPO training loop: rollout -> rewards -> advantages -> clipped-loss updates of LoRA weights.
+"""The GRPO training loop: episodes -> advantages -> clipped-loss updates of the LoRA weights.
 
 One step, as data flows (B prompts, G completions each, R = B·G rows, T completion tokens):
 
-    tasks [B] -> prompts -> rollout.generate: tokens/mask/old_logps [R, T]   (prefill shared per group)
-              -> text -> rewards [R] -> grpo.compute_advantages [R]
-              -> μ times: for each micro-batch of rows: logprobs.sequence_logprobs [r, T]
-                          -> grpo.policy_loss -> grads (LoRA only), summed exactly over micro-batches
-                          -> clip to max_grad_norm -> AdamW update (skipped if non-finite)
+    source(step) -> Episodes: tokens/mask/old_logps [R, T], verdicts and rewards [R]   (episodes.py)
+                 -> grpo.compute_advantages [R]
+                 -> update(): μ clipped-loss steps over micro-batches of rows             (update.py)
+                 -> metrics line (metrics.py) -> completions log, evaluation, checkpoint
 
-Randomness is re-seeded from (seed, step) at the start of every step, and the task order is a
-function of (seed, epoch), so a resumed run repeats exactly what an uninterrupted one does.
+`prepare` does every check and loads everything, writing nothing; `run` is the loop. The source of
+episodes is any callable `step -> Episodes` (the default samples that step's tasks, `EpisodeSource`),
+so a caller can drive the same loop with its own. Randomness is re-seeded from (seed, step) at the
+start of every step and the data order is a function of (seed, step), so a resumed run repeats
+exactly what an uninterrupted one does.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import signal
 import time
 from collections.abc import Callable
@@ -26,47 +27,232 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-import numpy as np
-from mlx.utils import tree_map
 
 from mlx_grpo import checkpoint as ckpt
 from mlx_grpo import runlog
 from mlx_grpo.config import TrainConfig, memory_bytes, save_config
 from mlx_grpo.countdown.data import load_tasks, split_tasks
-from mlx_grpo.countdown.expr import extract_equation
-from mlx_grpo.episodes import Episodes, run_episodes
+from mlx_grpo.episodes import Episodes, EpisodeSource, step_seed
 from mlx_grpo.errors import UserError
 from mlx_grpo.evaluate import evaluate
-from mlx_grpo.grpo import batch_normalizer, compute_advantages, policy_loss
-from mlx_grpo.logprobs import left_pad, sequence_logprobs, shared_prefix_length
-from mlx_grpo.model import adapters_disabled, add_lora, check_model_source, load_model
+from mlx_grpo.grpo import compute_advantages
+from mlx_grpo.metrics import step_metrics
+from mlx_grpo.model import add_lora, check_model_source, load_model
 from mlx_grpo.plots import plot_reward_accuracy
 from mlx_grpo.progress import StepProgress
 from mlx_grpo.rewards import RewardSet
 from mlx_grpo.tracking import make_tracker
+from mlx_grpo.update import make_loss, update
 
 
 @dataclass
-class RunState:
-    """What the loop carries between steps (and a checkpoint restores)."""
+class Training:
+    """Everything one run holds: its settings, model, data, optimizer and where it writes."""
 
-    step: int = 0  # last completed step
-    bad_steps: int = 0  # consecutive skipped (non-finite) updates
-    stop_requested: bool = False
+    config: TrainConfig
+    model: nn.Module
+    tokenizer: object
+    optimizer: optim.Optimizer
+    adapter_config: dict
+    reward_set: RewardSet
+    train_tasks: list
+    eval_tasks: list
+    resume_from: Path | None  # the checkpoint to continue from; None for a fresh run
+    overwrite: bool = False
     history: list = field(default_factory=list)  # metrics lines written so far (for the summary)
 
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.output_dir)
 
-def step_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step) % (2**31)
+
+def prepare(config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> Training:
+    """Check the run directory, load the data and the model, add LoRA; nothing is written yet."""
+    reward_set = RewardSet.from_specs(config.rewards)
+    check_model_source(config.model)
+    resume_from = ckpt.prepare_run_dir(config.output_dir, config.to_dict(), resume=resume, overwrite=overwrite)
+    tasks = load_tasks(config.dataset, seed=config.seed, num_samples=config.num_samples)
+    train_tasks, test_tasks = split_tasks(tasks, config.test_size)
+    _set_memory_limit(config.max_memory)
+    model, tokenizer = load_model(
+        config.model, quantize=config.quantize, dtype=config.dtype, trust_remote_code=config.trust_remote_code
+    )
+    adapter_config = add_lora(
+        model,
+        rank=config.lora_rank,
+        scale=config.lora_scale,
+        dropout=config.lora_dropout,
+        num_layers=config.lora_layers,
+        seed=config.seed,
+    )
+    adapter_config["base_model"] = config.model
+    optimizer = optim.AdamW(learning_rate=_schedule(config), weight_decay=config.weight_decay)
+    optimizer.init(model.trainable_parameters())
+    eval_tasks = test_tasks[: config.eval_samples]
+    return Training(
+        config, model, tokenizer, optimizer, adapter_config, reward_set, train_tasks, eval_tasks, resume_from, overwrite
+    )
 
 
-def task_indices(step: int, batch_size: int, num_tasks: int, seed: int) -> list[int]:
-    """Rows of the train split used at `step` (1-based): epochs of seeded permutations."""
-    out = []
-    for position in range((step - 1) * batch_size, step * batch_size):
-        epoch, offset = divmod(position, num_tasks)
-        out.append(int(np.random.default_rng([seed, epoch]).permutation(num_tasks)[offset]))
-    return out
+def run(
+    training: Training,
+    *,
+    source: Callable[[int], Episodes] | None = None,
+    on_step: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train until max_steps (or Ctrl-C); return the final summary (last metrics + eval)."""
+    c, run_dir = training.config, training.run_dir
+    source = source or EpisodeSource(training.model, training.tokenizer, training.train_tasks, c, training.reward_set)
+    loss_and_grad = nn.value_and_grad(training.model, make_loss(c))
+    start = _open_run_dir(training)
+    stop = _StopFlag()
+    with make_tracker(c.report_to, run_dir, c) as tracker, _graceful_interrupt(stop):
+        log = _Logger(training, tracker)
+        if start == 0 and c.eval_every > 0:
+            log.metrics({"step": 0, **evaluate_policy(training)})
+        bar = StepProgress(c.max_steps, initial=start, enabled=progress)
+        step, bad_steps = start, 0
+        while step < c.max_steps and not stop.requested:
+            step += 1
+            metrics, episodes, advantages = train_step(training, source, loss_and_grad, step)
+            if step % c.log_completions_every == 0 or step == 1:
+                log.completions(step, episodes, advantages)
+            if (c.eval_every and step % c.eval_every == 0) or step == c.max_steps:
+                metrics.update(evaluate_policy(training))
+            log.metrics(metrics)
+            bad_steps = bad_steps + 1 if metrics["skipped"] else 0
+            _check_bad_steps(run_dir, step, bad_steps, c.max_bad_steps)
+            if step % c.save_every == 0:
+                save(training, step)
+            bar.update(metrics)
+            if on_step:
+                on_step(metrics)
+        bar.close()
+    save(training, step)
+    if stop.requested:
+        raise TrainingInterrupted(step, run_dir)
+    return finish(training)
+
+
+def train_step(training: Training, source, loss_and_grad, step: int) -> tuple[dict, Episodes, list[float]]:
+    """Sample, score and learn from one batch; returns (metrics line, episodes, advantages [R])."""
+    c = training.config
+    mx.random.seed(step_seed(c.seed, step))  # dropout and anything else drawing from the global key
+    t0 = time.perf_counter()
+    episodes = source(step)
+    advantages = compute_advantages(mx.array(episodes.totals), c.num_generations, c.scale_rewards)  # [R]
+    t1 = time.perf_counter()
+    result = update(training.model, training.optimizer, loss_and_grad, episodes.rollout, advantages, c)
+    t2 = time.perf_counter()
+    lr = float(training.optimizer.learning_rate.item())  # set by the update to the rate it used
+    times = {**episodes.seconds, "update": t2 - t1, "step": t2 - t0}
+    memory = {"peak_memory_gb": mx.get_peak_memory() / 2**30}
+    return step_metrics(step, episodes, result, times, lr=lr, memory=memory), episodes, advantages.tolist()
+
+
+def evaluate_policy(training: Training) -> dict:
+    """Greedy accuracy, format and equation rate, length on the held-out tasks, as metrics."""
+    c = training.config
+    result = evaluate(
+        training.model,
+        training.tokenizer,
+        training.eval_tasks,
+        max_tokens=c.max_completion_length,
+        enable_thinking=c.enable_thinking,
+        prefill=c.prefill,
+        seed=c.seed,
+    )
+    keys = ("accuracy", "format_rate", "equation_rate", "completion_length")
+    return {f"eval/{k}": result[k] for k in keys}
+
+
+def save(training: Training, step: int) -> None:
+    """Checkpoint `step` (and publish its adapters), unless nothing was trained or it is saved already."""
+    latest = ckpt.latest_checkpoint(training.run_dir)
+    if step == 0 or (latest is not None and latest.name == f"step-{step:06d}"):
+        return
+    state = {"data_position": step * training.config.batch_size, "seed": training.config.seed}
+    ckpt.save_checkpoint(training.run_dir, step, training.model, training.adapter_config, training.optimizer, state)
+
+
+def finish(training: Training) -> dict:
+    """Write the summary and the reward/accuracy plot; return the summary."""
+    summary = dict(training.history[-1]) if training.history else {}
+    plot_reward_accuracy(training.history, training.run_dir / "plots" / "reward_accuracy.png")
+    (training.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    """Run GRPO training as configured; returns the final metrics summary."""
+    return run(prepare(config, resume=resume, overwrite=overwrite), progress=progress)
+
+
+class _Logger:
+    """The run's metrics (history, tracker, metrics.jsonl) and sampled completions."""
+
+    def __init__(self, training: Training, tracker):
+        self.training, self.tracker = training, tracker
+
+    def metrics(self, line: dict) -> None:
+        self.training.history.append(line)
+        self.tracker.log(line, line["step"])
+        runlog.append_jsonl(self.training.run_dir / runlog.METRICS, [line])
+
+    def completions(self, step: int, episodes: Episodes, advantages: list[float]) -> None:
+        records = []
+        for r, verdict in enumerate(episodes.verdicts):
+            task = episodes.row_task(r)
+            records.append(
+                {
+                    "step": step,
+                    "prompt": episodes.row_prompt(r).text,
+                    "completion": episodes.completions[r],
+                    "target": task.target,
+                    "nums": list(task.nums),
+                    "rewards": {k: v[r] for k, v in episodes.rewards.items()},
+                    "reward": episodes.totals[r],
+                    "advantage": advantages[r],
+                    "equation": verdict.answer,
+                }
+            )
+        runlog.append_jsonl(self.training.run_dir / runlog.COMPLETIONS, records)
+
+
+def _open_run_dir(training: Training) -> int:
+    """Create or restore the run directory; return the last completed step (0 for a fresh run)."""
+    run_dir = training.run_dir
+    if training.overwrite:
+        ckpt.clear_run_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if training.resume_from is None:
+        save_config(training.config, run_dir / "config.json")
+        return 0
+    step = ckpt.load_checkpoint(training.resume_from, training.model, training.optimizer)["step"]
+    # log lines written after that checkpoint will be written again
+    training.history = runlog.truncate_after(run_dir / runlog.METRICS, step)
+    runlog.truncate_after(run_dir / runlog.COMPLETIONS, step)
+    return step
+
+
+def _check_bad_steps(run_dir: Path, step: int, bad_steps: int, max_bad_steps: int) -> None:
+    if bad_steps < max_bad_steps:
+        return
+    last = ckpt.latest_checkpoint(run_dir)
+    where = f"the last good checkpoint {last.name} is intact" if last else "no checkpoint was written yet"
+    raise UserError(
+        f"stopped at step {step}: {bad_steps} consecutive updates had non-finite loss or gradients "
+        f"(try a lower --learning-rate); {where}"
+    )
+
+
+def _schedule(config: TrainConfig):
+    lr = config.learning_rate
+    if config.warmup_steps == 0:
+        return lr
+    warm = optim.linear_schedule(lr / config.warmup_steps, lr, config.warmup_steps)
+    return optim.join_schedules([warm, lambda _: mx.array(lr)], [config.warmup_steps])
 
 
 def _set_memory_limit(max_memory: str | None) -> None:
@@ -80,323 +266,6 @@ def _set_memory_limit(max_memory: str | None) -> None:
     mx.set_memory_limit(limit)
 
 
-class Trainer:
-    """Holds the model, data and optimizer of one run; `run()` is the loop."""
-
-    def __init__(self, config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True):
-        self.config = config
-        self.run_dir = Path(config.output_dir)
-        self.progress = progress
-        self.overwrite = overwrite
-        self.reward_set = RewardSet.from_specs(config.rewards)
-        check_model_source(config.model)
-        self.resume_from = ckpt.prepare_run_dir(self.run_dir, config.to_dict(), resume=resume, overwrite=overwrite)
-        tasks = load_tasks(config.dataset, seed=config.seed, num_samples=config.num_samples)
-        self.train_tasks, self.test_tasks = split_tasks(tasks, config.test_size)
-        self.eval_tasks = self.test_tasks[: config.eval_samples]
-        _set_memory_limit(config.max_memory)
-        self.model, self.tokenizer = load_model(
-            config.model, quantize=config.quantize, dtype=config.dtype, trust_remote_code=config.trust_remote_code
-        )
-        self.adapter_config = add_lora(
-            self.model,
-            rank=config.lora_rank,
-            scale=config.lora_scale,
-            dropout=config.lora_dropout,
-            num_layers=config.lora_layers,
-            seed=config.seed,
-        )
-        self.adapter_config["base_model"] = config.model
-        self.optimizer = optim.AdamW(learning_rate=self._schedule(), weight_decay=config.weight_decay)
-        self.optimizer.init(self.model.trainable_parameters())
-        self.loss_and_grad = nn.value_and_grad(self.model, self._loss)
-        self.state = RunState()
-        self.tracker = None  # made in run(), once the run dir may be written
-
-    def _schedule(self):
-        lr = self.config.learning_rate
-        if self.config.warmup_steps == 0:
-            return lr
-        warm = optim.linear_schedule(lr / self.config.warmup_steps, lr, self.config.warmup_steps)
-        return optim.join_schedules([warm, lambda _: mx.array(lr)], [self.config.warmup_steps])
-
-    # --- one step ----------------------------------------------------------------------------
-    def sample(self, step: int) -> Episodes:
-        c = self.config
-        idx = task_indices(step, c.batch_size, len(self.train_tasks), c.seed)
-        return run_episodes(
-            self.model,
-            self.tokenizer,
-            [self.train_tasks[i] for i in idx],
-            group_size=c.num_generations,
-            max_tokens=c.max_completion_length,
-            temperature=c.temperature,
-            top_p=c.top_p,
-            top_k=c.top_k,
-            reward_set=self.reward_set,
-            enable_thinking=c.enable_thinking,
-            prefill=c.prefill,
-            seed=step_seed(c.seed, step),
-        )
-
-    def _logps(self, model, batch: dict, differentiable: bool = True) -> mx.array:
-        """Log-probs [r, T] of a micro-batch's completion tokens under the current weights."""
-        return sequence_logprobs(
-            model,
-            batch["prompts"],
-            batch["prompt_pad"],
-            batch["tokens"],
-            batch["mask"],
-            temperature=self.config.temperature,
-            prompt_index=batch["prompt_index"],
-            shared=batch["shared"],
-            differentiable=differentiable,
-        )
-
-    def _loss(self, model, batch, old_logps, ref_logps, advantages, normalizer):
-        logps = self._logps(model, batch)  # [r, T]
-        c = self.config
-        return policy_loss(
-            logps,
-            old_logps,
-            advantages,
-            batch["mask"],
-            ref_logps=ref_logps,
-            beta=c.beta,
-            epsilon_low=c.epsilon,
-            epsilon_high=c.epsilon_high,
-            loss_type=c.loss_type,
-            max_completion_length=c.max_completion_length,
-            normalizer=normalizer,
-        )
-
-    def _fixed_logps(self, micro_batches) -> mx.array:
-        """Log-probs under the current weights, no gradient: [R, T]."""
-        out = mx.concatenate([self._logps(self.model, b, differentiable=False) for b in micro_batches])
-        mx.eval(out)
-        return out
-
-    def _micro_batches(self, episodes: Episodes) -> list[dict]:
-        """Split the R rows into `grad_accumulation` micro-batches; each carries the distinct prompts
-        of its rows once (`prompts [b, P]`, their shared prefix in front) and `prompt_index [r]` pointing into them."""
-        rollout, G = episodes.rollout, self.config.num_generations
-        out = []
-        for rows in np.array_split(np.arange(episodes.num_rows), self.config.grad_accumulation):
-            groups, prompt_index = np.unique(rows // G, return_inverse=True)
-            ids = [rollout.prompt_ids[g] for g in groups]
-            shared = shared_prefix_length(ids)
-            prompts, prompt_pad = left_pad(ids, shared=shared)
-            idx = mx.array(rows)
-            out.append(
-                {
-                    "rows": idx,
-                    "prompts": prompts,
-                    "prompt_pad": prompt_pad,
-                    "shared": shared,
-                    "prompt_index": mx.array(prompt_index.astype(np.int32)),
-                    # sampled tokens are data for the update, not a function of the weights
-                    "tokens": mx.stop_gradient(rollout.tokens[idx]),
-                    "mask": mx.stop_gradient(rollout.mask[idx]),
-                }
-            )
-        return out
-
-    def update(self, episodes: Episodes, advantages: mx.array) -> dict:
-        """μ clipped-loss updates on one batch of episodes (`advantages [R]`); returns loss metrics."""
-        c = self.config
-        rollout = episodes.rollout
-        micro_batches = self._micro_batches(episodes)
-        # The sampler's log-probs are those of the truncated (top-p / top-k) distribution; the
-        # ratio must compare like with like, so then the old policy is re-scored in full.
-        old_logps = rollout.logps if (c.top_p == 1.0 and c.top_k == 0) else self._fixed_logps(micro_batches)
-        ref_logps = None
-        if c.beta > 0:
-            with adapters_disabled(self.model):
-                ref_logps = self._fixed_logps(micro_batches)
-        normalizer = batch_normalizer(rollout.mask, c.loss_type, c.max_completion_length)
-        sums: dict = {}
-        for _ in range(c.num_iterations):
-            grads, loss, metrics = None, mx.array(0.0), None
-            for batch in micro_batches:
-                rows = batch["rows"]
-                (mb_loss, mb_metrics), mb_grads = self.loss_and_grad(
-                    self.model,
-                    batch,
-                    old_logps[rows],
-                    None if ref_logps is None else ref_logps[rows],
-                    advantages[rows],
-                    normalizer,
-                )
-                grads = mb_grads if grads is None else tree_map(mx.add, grads, mb_grads)
-                loss = loss + mb_loss
-                share = rows.size / episodes.num_rows
-                metrics = {k: v * share + (metrics[k] if metrics else 0) for k, v in mb_metrics.items()}
-            grads, grad_norm = optim.clip_grad_norm(grads, c.max_grad_norm)
-            mx.eval(loss, grad_norm, metrics)
-            finite = math.isfinite(loss.item()) and math.isfinite(grad_norm.item())
-            if finite:
-                self.optimizer.update(self.model, grads)
-                mx.eval(self.model.trainable_parameters(), self.optimizer.state)
-            for k, v in {"loss": loss, "grad_norm": grad_norm, **metrics}.items():
-                sums[k] = sums.get(k, 0.0) + v.item() / c.num_iterations
-            sums["skipped"] = sums.get("skipped", False) or not finite
-        groups = mx.array(episodes.totals).reshape(-1, c.num_generations)
-        sums["zero_adv_frac"] = float(mx.all(groups == groups[:, :1], axis=1).astype(mx.float32).mean().item())
-        return sums
-
-    # --- bookkeeping -------------------------------------------------------------------------
-    def step_metrics(self, step, episodes, update_metrics, times) -> dict:
-        lengths = np.array(episodes.rollout.lengths.tolist())
-        totals = np.array(episodes.totals)
-        m = {
-            "step": step,
-            "reward": float(totals.mean()),
-            "reward_std": float(totals.std()),
-            **{f"rewards/{k}": float(np.mean(v)) for k, v in episodes.rewards.items()},
-            "accuracy": float(np.mean(episodes.correct)),
-            "format_rate": float(np.mean(episodes.well_formed)),
-            "completion_length/mean": float(lengths.mean()),
-            "completion_length/max": int(lengths.max()),
-            "truncated_frac": float(np.mean(episodes.rollout.truncated.tolist())),
-            "zero_adv_frac": update_metrics.pop("zero_adv_frac"),
-            "loss": update_metrics["loss"],
-            "kl": update_metrics["kl"],
-            "clip_frac/low": update_metrics["clip_frac_low"],
-            "clip_frac/high": update_metrics["clip_frac_high"],
-            "ratio/mean": update_metrics["ratio"],
-            "grad_norm": update_metrics["grad_norm"],
-            "lr": float(self.optimizer.learning_rate.item()),
-            "skipped": bool(update_metrics["skipped"]),
-            **{f"time/{k}": round(v, 4) for k, v in times.items()},
-            "tokens_per_s": float(lengths.sum() / max(times["generate"], 1e-9)),
-            "peak_memory_gb": mx.get_peak_memory() / 2**30,
-        }
-        return m
-
-    def log_completions(self, step, episodes, advantages) -> None:
-        records = []
-        for r in range(episodes.num_rows):
-            task = episodes.row_task(r)
-            records.append(
-                {
-                    "step": step,
-                    "prompt": episodes.row_prompt(r).text,
-                    "completion": episodes.completions[r],
-                    "target": task.target,
-                    "nums": list(task.nums),
-                    "rewards": {k: v[r] for k, v in episodes.rewards.items()},
-                    "reward": episodes.totals[r],
-                    "advantage": advantages[r],
-                    "equation": extract_equation(episodes.completions[r]),
-                }
-            )
-        runlog.append_jsonl(self.run_dir / runlog.COMPLETIONS, records)
-
-    def run_eval(self) -> dict:
-        c = self.config
-        result = evaluate(
-            self.model,
-            self.tokenizer,
-            self.eval_tasks,
-            max_tokens=c.max_completion_length,
-            enable_thinking=c.enable_thinking,
-            prefill=c.prefill,
-            seed=c.seed,
-        )
-        return {
-            "eval/accuracy": result["accuracy"],
-            "eval/format_rate": result["format_rate"],
-            "eval/equation_rate": result["equation_rate"],
-            "eval/completion_length": result["completion_length"],
-        }
-
-    # --- the loop ----------------------------------------------------------------------------
-    def run(self, on_step: Callable[[dict], None] | None = None) -> dict:
-        """Train until max_steps (or Ctrl-C); return the final summary (last metrics + eval)."""
-        c = self.config
-        if self.overwrite:
-            ckpt.clear_run_dir(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with make_tracker(c.report_to, self.run_dir, c) as self.tracker:
-            if self.resume_from is not None:
-                self.state.step = ckpt.load_checkpoint(self.resume_from, self.model, self.optimizer)["step"]
-                self._truncate_logs(self.state.step)
-            else:
-                save_config(c, self.run_dir / "config.json")
-                if c.eval_every > 0:
-                    self._append_metrics({"step": 0, **self.run_eval()})
-            bar = StepProgress(c.max_steps, initial=self.state.step, enabled=self.progress)
-            with _graceful_interrupt(self.state):
-                while self.state.step < c.max_steps and not self.state.stop_requested:
-                    metrics = self.train_step(self.state.step + 1)
-                    bar.update(metrics)
-                    if on_step:
-                        on_step(metrics)
-            bar.close()
-            self.save()
-            if self.state.stop_requested:
-                raise TrainingInterrupted(self.state.step, self.run_dir)
-            return self.finish()
-
-    def train_step(self, step: int) -> dict:
-        c = self.config
-        mx.random.seed(step_seed(c.seed, step))  # dropout and anything else drawing from the global key
-        t0 = time.perf_counter()
-        episodes = self.sample(step)
-        advantages = compute_advantages(mx.array(episodes.totals), c.num_generations, c.scale_rewards)  # [R]
-        t1 = time.perf_counter()
-        update_metrics = self.update(episodes, advantages)
-        t2 = time.perf_counter()
-        times = {**episodes.seconds, "update": t2 - t1, "step": t2 - t0}
-        metrics = self.step_metrics(step, episodes, update_metrics, times)
-        self.state.bad_steps = self.state.bad_steps + 1 if metrics["skipped"] else 0
-        if step % c.log_completions_every == 0 or step == 1:
-            self.log_completions(step, episodes, advantages.tolist())
-        if (c.eval_every and step % c.eval_every == 0) or step == c.max_steps:
-            metrics.update(self.run_eval())
-        self._append_metrics(metrics)
-        self.state.step = step
-        if self.state.bad_steps >= c.max_bad_steps:
-            last = ckpt.latest_checkpoint(self.run_dir)
-            where = f"the last good checkpoint {last.name} is intact" if last else "no checkpoint was written yet"
-            raise UserError(
-                f"stopped at step {step}: {self.state.bad_steps} consecutive updates had non-finite loss or gradients "
-                f"(try a lower --learning-rate); {where}"
-            )
-        if step % c.save_every == 0:
-            self.save()
-        return metrics
-
-    def save(self) -> None:
-        latest = ckpt.latest_checkpoint(self.run_dir)
-        if self.state.step == 0 or (latest is not None and latest.name == f"step-{self.state.step:06d}"):
-            return  # nothing trained yet, or this step is already saved (end of run on a save step)
-        ckpt.save_checkpoint(
-            self.run_dir,
-            self.state.step,
-            self.model,
-            self.adapter_config,
-            self.optimizer,
-            {"data_position": self.state.step * self.config.batch_size, "seed": self.config.seed},
-        )
-
-    def _append_metrics(self, metrics: dict) -> None:
-        self.state.history.append(metrics)
-        self.tracker.log(metrics, metrics["step"])
-        runlog.append_jsonl(self.run_dir / runlog.METRICS, [metrics])
-
-    def _truncate_logs(self, step: int) -> None:
-        """Drop log lines written after the checkpoint being resumed (they will be written again)."""
-        self.state.history = runlog.truncate_after(self.run_dir / runlog.METRICS, step)
-        runlog.truncate_after(self.run_dir / runlog.COMPLETIONS, step)
-
-    def finish(self) -> dict:
-        summary = dict(self.state.history[-1]) if self.state.history else {}
-        plot_reward_accuracy(self.state.history, self.run_dir / "plots" / "reward_accuracy.png")
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
-
-
 class TrainingInterrupted(Exception):
     def __init__(self, step: int, run_dir: Path):
         self.step, self.run_dir = step, run_dir
@@ -406,22 +275,21 @@ class TrainingInterrupted(Exception):
         )
 
 
+class _StopFlag:
+    requested = False
+
+
 @contextmanager
-def _graceful_interrupt(state: RunState):
+def _graceful_interrupt(stop: _StopFlag):
     """First Ctrl-C: finish the current step, save, stop. Second Ctrl-C: stop at once."""
 
     def handler(signum, frame):
-        if state.stop_requested:
+        if stop.requested:
             raise KeyboardInterrupt
-        state.stop_requested = True
+        stop.requested = True
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
-    """Run GRPO training as configured; returns the final metrics summary."""
-    return Trainer(config, resume=resume, overwrite=overwrite, progress=progress).run()

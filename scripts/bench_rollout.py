@@ -21,6 +21,7 @@ import mlx_lm
 from mlx_lm.sample_utils import make_sampler
 
 from mlx_grpo import rollout
+from mlx_grpo.sampling import SamplingOptions
 
 _TEXT = (
     "Given the numbers [44, 19, 35] and the target number 98, please provide a solution to reach the "
@@ -67,7 +68,7 @@ def compare_rollout(
     sampler = make_sampler(temp=1.0)
 
     def ours(n=max_tokens):
-        out = rollout.generate(model, prompt_ids, group_size=group, max_tokens=n, eos_ids=[], seed=0)
+        out = rollout.generate(model, prompt_ids, group_size=group, sampling=SamplingOptions(n), eos_ids=[], seed=0)
         assert out.tokens.shape == (R, n)
 
     def mlx_lm_batch():

@@ -5,15 +5,8 @@ import pytest
 from mlx.utils import tree_flatten, tree_map
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
-from mlx_grpo.logprobs import (
-    PaddedCache,
-    chunk_nbytes,
-    hidden_states,
-    left_pad,
-    output_layer,
-    sequence_logprobs,
-    shared_prefix_length,
-)
+from mlx_grpo.layout import PaddedCache, left_pad, shared_prefix_length
+from mlx_grpo.logprobs import chunk_nbytes, hidden_states, output_layer, sequence_logprobs
 
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlx_grpo.countdown.scoring import is_well_formed
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.errors import UserError
 from mlx_grpo.rewards import (
@@ -20,7 +21,6 @@ from mlx_grpo.rewards import (
     equation_reward_func,
     format_reward_func,
     get_reward,
-    is_well_formed,
 )
 
 SEED_COMPLETIONS = [
@@ -173,7 +173,7 @@ def test_the_only_departure_from_the_original_regex_is_a_trailing_newline():
 def test_hostile_answers_score_zero(answer, nums, target):
     start = time.perf_counter()
     assert _equation(f"<think>x</think>\n<answer>{answer}</answer>", nums, target) == 0.0
-    assert time.perf_counter() - start < 1.0  # no hang (the real bound is microseconds)
+    assert time.perf_counter() - start < 10.0  # no hang (the real cost is microseconds)
 
 
 def test_huge_literals_within_bounds_are_exact():
@@ -340,7 +340,7 @@ def test_reward_set_scores_weighted_totals_and_passes_the_trainer_kwargs(reward_
     for i, c in enumerate(SEED_COMPLETIONS):
         assert totals[i] == pytest.approx(per_reward["format"][i] + 2 * per_reward["equation"][i] - 0.5 * len(c) / 100)
     module = rewards.rewards[2].func.__globals__
-    assert module["SEEN"][-1].keys == ("assistant_prefixes", "nums_list", "prompts", "targets")
+    assert module["SEEN"][-1].keys == ("assistant_prefixes", "nums_list", "prompts", "targets", "verdicts")
 
 
 def test_reward_set_uses_the_assistant_prefixes():
@@ -375,3 +375,22 @@ def test_partial_variant_through_the_registry_is_finite():
     totals, per_reward = rewards.score(SEED_COMPLETIONS, [Task(14, (2, 3, 4))] * 4)
     assert per_reward["equation_partial"] == [1.0, 1.0, 0.0, 0.0]
     assert all(math.isfinite(t) for t in totals)
+
+
+def test_builtin_rewards_read_the_verdicts_they_are_given():
+    """Scored once: with verdicts passed in, the built-ins judge nothing themselves (these verdicts
+    deliberately contradict the text), and custom rewards receive the same verdicts."""
+    from fractions import Fraction
+
+    from mlx_grpo.countdown.scoring import Verdict, judge_all
+
+    tasks = [Task(14, (2, 3, 4))] * 2
+    completions = ["no tags at all", "<think>x</think>\n<answer>4 * 3 + 2</answer>"]
+    judged = judge_all(completions, tasks, ["", ""])
+    assert [(v.well_formed, v.correct, v.is_equation) for v in judged] == [(False, False, False), (True, True, True)]
+    flipped = [Verdict(True, "13", Fraction(13), False), Verdict(False, None, None, True)]
+    totals, per_reward = RewardSet.from_specs(["format", "equation", "equation_partial"]).score(
+        completions, tasks, verdicts=flipped
+    )
+    assert per_reward == {"format": [1.0, 0.0], "equation": [0.0, 1.0], "equation_partial": [0.5 * (1 - 1 / 14), 0.0]}
+    assert totals == [pytest.approx(1.5 - 0.5 / 14), 1.0]

@@ -7,8 +7,10 @@ from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from mlx_grpo import rollout
-from mlx_grpo.logprobs import left_pad, sequence_logprobs
+from mlx_grpo.layout import left_pad
+from mlx_grpo.logprobs import sequence_logprobs
 from mlx_grpo.model import adapters_merged
+from mlx_grpo.sampling import SamplingOptions, sample
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
 PREFIXED = [[5, 6, 7, 8, 9, 10, 11], [5, 6, 7, 12, 13], [5, 6, 14, 15, 16, 17]]  # prefilled once: [5, 6]
@@ -16,7 +18,7 @@ PREFIXED = [[5, 6, 7, 8, 9, 10, 11], [5, 6, 7, 12, 13], [5, 6, 14, 15, 16, 17]] 
 
 def _row_prompts(out: rollout.Rollout):
     """Left-padded prompts repeated per row, as `sequence_logprobs` takes them."""
-    prompts, pad = left_pad(out.prompt_ids)
+    prompts, pad = left_pad(out.prompts.ids)
     return mx.repeat(prompts, out.group_size, axis=0), mx.repeat(pad, out.group_size)
 
 
@@ -45,7 +47,14 @@ def _truncated_logprobs(logits, temperature, top_k, top_p):
 @pytest.mark.parametrize("temperature, prompt_ids", [(1.0, PROMPTS), (0.7, PROMPTS), (1.0, PREFIXED)])
 def test_sampled_logps_equal_a_full_forward_pass(tiny_model, temperature, prompt_ids):
     model, _ = tiny_model
-    out = rollout.generate(model, prompt_ids, group_size=2, max_tokens=9, temperature=temperature, eos_ids=[], seed=1)
+    out = rollout.generate(
+        model,
+        prompt_ids,
+        sampling=SamplingOptions(max_tokens=9, temperature=temperature),
+        group_size=2,
+        eos_ids=[],
+        seed=1,
+    )
     assert out.tokens.shape == (6, 9) and out.tokens.dtype == mx.int32
     prompts, pad = _row_prompts(out)
     recomputed = sequence_logprobs(model, prompts, pad, out.tokens, out.mask, temperature=temperature)
@@ -58,11 +67,8 @@ def test_top_k_top_p_logps_are_of_the_renormalised_distribution(tiny_model):
     out = rollout.generate(
         model,
         PROMPTS,
+        sampling=SamplingOptions(max_tokens=6, temperature=temperature, top_k=top_k, top_p=top_p),
         group_size=2,
-        max_tokens=6,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
         eos_ids=[],
         seed=3,
     )
@@ -80,7 +86,7 @@ def test_sampler_frequencies_follow_the_truncated_distribution(top_k, top_p):
     rng = np.random.default_rng(0)
     logits = rng.normal(size=12).astype(np.float32) * 2
     rows = 20000
-    tokens, logps = rollout.sample(
+    tokens, logps = sample(
         mx.array(np.tile(logits, (rows, 1))), mx.random.key(0), 0.8, top_k=top_k, top_p=top_p if top_p < 1 else None
     )
     want = np.exp(_truncated_logprobs(logits, 0.8, top_k, top_p))
@@ -108,7 +114,14 @@ def _greedy_reference(model, prompt, n):
 @pytest.mark.parametrize("temperature, prompt_ids", [(0.0, PROMPTS), (1e-4, PROMPTS), (0.0, PREFIXED)])
 def test_greedy_equals_plain_mlx_lm_argmax_decoding(tiny_model, temperature, prompt_ids):
     model, _ = tiny_model
-    out = rollout.generate(model, prompt_ids, group_size=2, max_tokens=12, temperature=temperature, eos_ids=[], seed=0)
+    out = rollout.generate(
+        model,
+        prompt_ids,
+        sampling=SamplingOptions(max_tokens=12, temperature=temperature),
+        group_size=2,
+        eos_ids=[],
+        seed=0,
+    )
     for r in range(6):
         assert out.tokens[r].tolist() == _greedy_reference(model, prompt_ids[r // 2], 12)
 
@@ -116,7 +129,7 @@ def test_greedy_equals_plain_mlx_lm_argmax_decoding(tiny_model, temperature, pro
 def test_stop_token_is_kept_and_the_rest_is_padding(tiny_model):
     model, _ = tiny_model
     eos = set(range(0, model.args.vocab_size, 3))  # about a third of the vocabulary stops a row
-    out = rollout.generate(model, PROMPTS, group_size=4, max_tokens=10, eos_ids=eos, seed=0)
+    out = rollout.generate(model, PROMPTS, sampling=SamplingOptions(max_tokens=10), group_size=4, eos_ids=eos, seed=0)
     tokens, mask, logps = np.array(out.tokens), np.array(out.mask), np.array(out.logps)
     lengths, truncated = np.array(out.lengths), np.array(out.truncated)
     assert mask.dtype == np.float32 and tokens.shape[1] == lengths.max()
@@ -134,14 +147,21 @@ def test_stop_token_is_kept_and_the_rest_is_padding(tiny_model):
 
 def test_early_exit_when_every_row_stops(tiny_model):
     model, _ = tiny_model
-    out = rollout.generate(model, PROMPTS, group_size=2, max_tokens=50, eos_ids=range(model.args.vocab_size), seed=0)
+    out = rollout.generate(
+        model,
+        PROMPTS,
+        sampling=SamplingOptions(max_tokens=50),
+        group_size=2,
+        eos_ids=range(model.args.vocab_size),
+        seed=0,
+    )
     assert out.tokens.shape == (6, 1)
     assert out.lengths.tolist() == [1] * 6 and not out.truncated.any().item()
 
 
 def test_truncated_when_no_stop_token(tiny_model):
     model, _ = tiny_model
-    out = rollout.generate(model, PROMPTS, group_size=2, max_tokens=5, eos_ids=[], seed=0)
+    out = rollout.generate(model, PROMPTS, sampling=SamplingOptions(max_tokens=5), group_size=2, eos_ids=[], seed=0)
     assert out.truncated.all().item() and out.lengths.tolist() == [5] * 6
     assert out.mask.sum().item() == 30
 
@@ -150,14 +170,23 @@ def test_seed_reproducibility(tiny_model):
     model, _ = tiny_model
 
     def run(seed):
-        return rollout.generate(model, PROMPTS, group_size=3, max_tokens=8, eos_ids=[], seed=seed).tokens.tolist()
+        return rollout.generate(
+            model, PROMPTS, sampling=SamplingOptions(max_tokens=8), group_size=3, eos_ids=[], seed=seed
+        ).tokens.tolist()
 
     assert run(7) == run(7)
     assert run(7) != run(8)
     mx.random.seed(5)
-    first = rollout.generate(model, PROMPTS, group_size=3, max_tokens=8, eos_ids=[]).tokens.tolist()
+    first = rollout.generate(
+        model, PROMPTS, sampling=SamplingOptions(max_tokens=8), group_size=3, eos_ids=[]
+    ).tokens.tolist()
     mx.random.seed(5)
-    assert rollout.generate(model, PROMPTS, group_size=3, max_tokens=8, eos_ids=[]).tokens.tolist() == first
+    assert (
+        rollout.generate(
+            model, PROMPTS, sampling=SamplingOptions(max_tokens=8), group_size=3, eos_ids=[]
+        ).tokens.tolist()
+        == first
+    )
 
 
 def test_lora_model_and_weight_updates_are_seen_by_the_compiled_step(tiny_model):
@@ -166,7 +195,7 @@ def test_lora_model_and_weight_updates_are_seen_by_the_compiled_step(tiny_model)
     linear_to_lora_layers(model, len(model.layers), {"rank": 4, "scale": 10.0, "dropout": 0.0})
 
     def check():
-        out = rollout.generate(model, PROMPTS, group_size=2, max_tokens=6, eos_ids=[], seed=0)
+        out = rollout.generate(model, PROMPTS, sampling=SamplingOptions(max_tokens=6), group_size=2, eos_ids=[], seed=0)
         prompts, pad = _row_prompts(out)
         recomputed = sequence_logprobs(model, prompts, pad, out.tokens, out.mask)
         np.testing.assert_allclose(np.array(out.logps), np.array(recomputed), atol=1e-4)
@@ -190,10 +219,12 @@ def test_adapters_merged_for_sampling_give_the_same_completions(tiny_model):
     n_lora = sum(isinstance(m, LoRALinear) for _, m in model.named_modules())
     ids = mx.array([[5, 6, 7, 8]])
     before = model(ids)
-    lora = rollout.generate(model, PREFIXED, group_size=2, max_tokens=8, eos_ids=[], seed=3)
+    lora = rollout.generate(model, PREFIXED, sampling=SamplingOptions(max_tokens=8), group_size=2, eos_ids=[], seed=3)
     with adapters_merged(model):
         assert not any(isinstance(m, LoRALinear) for _, m in model.named_modules())
-        merged = rollout.generate(model, PREFIXED, group_size=2, max_tokens=8, eos_ids=[], seed=3)
+        merged = rollout.generate(
+            model, PREFIXED, sampling=SamplingOptions(max_tokens=8), group_size=2, eos_ids=[], seed=3
+        )
     assert merged.tokens.tolist() == lora.tokens.tolist()
     np.testing.assert_allclose(np.array(merged.logps), np.array(lora.logps), atol=1e-5)
     assert mx.array_equal(model(ids), before).item()  # adapters and base weights back as they were
@@ -204,8 +235,8 @@ def test_adapters_merged_for_sampling_give_the_same_completions(tiny_model):
 def test_bad_arguments_raise(tiny_model):
     model, _ = tiny_model
     with pytest.raises(ValueError):
-        rollout.generate(model, [[]], group_size=2, max_tokens=4, eos_ids=[])
+        rollout.generate(model, [[]], sampling=SamplingOptions(max_tokens=4), group_size=2, eos_ids=[])
     with pytest.raises(ValueError):
-        rollout.generate(model, PROMPTS, group_size=2, max_tokens=0, eos_ids=[])
+        rollout.generate(model, PROMPTS, sampling=SamplingOptions(max_tokens=0), group_size=2, eos_ids=[])
     with pytest.raises(ValueError):
-        rollout.generate(model, PROMPTS, group_size=2, max_tokens=4, top_p=0.0, eos_ids=[])
+        rollout.generate(model, PROMPTS, sampling=SamplingOptions(max_tokens=4, top_p=0.0), group_size=2, eos_ids=[])

@@ -11,18 +11,10 @@ import numpy as np
 import pytest
 
 from mlx_grpo.config import TrainConfig
+from mlx_grpo.episodes import task_indices
 from mlx_grpo.errors import UserError
 from mlx_grpo.model import adapters_disabled
-from mlx_grpo.trainer import Trainer, task_indices, train
-
-
-@pytest.fixture
-def spaces(tmp_path) -> str:
-    """A reward spec that a random model's samples already vary on: the share of spaces in the text
-    (the fraction of tokens that start a word, in a byte-level BPE)."""
-    path = tmp_path / "count_reward.py"
-    path.write_text("def spaces(completions, **kw):\n    return [c.count(' ') / max(len(c), 1) for c in completions]\n")
-    return f"{path}:spaces"
+from mlx_grpo.trainer import prepare, run, train
 
 
 def tiny_config(model_path, out, **overrides) -> TrainConfig:
@@ -52,9 +44,9 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_run_writes_metrics_completions_and_mlx_lm_adapters(tiny_model_path, tmp_path, spaces):
+def test_run_writes_metrics_completions_and_mlx_lm_adapters(tiny_model_path, tmp_path, spaces_reward):
     out = tmp_path / "run"
-    summary = train(tiny_config(tiny_model_path, out, extra_reward=spaces), progress=False)
+    summary = train(tiny_config(tiny_model_path, out, extra_reward=spaces_reward), progress=False)
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3]
     for key in (
@@ -85,7 +77,7 @@ def test_run_writes_metrics_completions_and_mlx_lm_adapters(tiny_model_path, tmp
     assert len(completions) == 3 * 2 * 4 and {"prompt", "completion", "rewards", "advantage"} <= set(completions[0])
     assert (
         json.loads((out / "config.json").read_text())
-        == tiny_config(tiny_model_path, out, extra_reward=spaces).to_dict()
+        == tiny_config(tiny_model_path, out, extra_reward=spaces_reward).to_dict()
     )
 
     # The adapters load as they are with mlx-lm and change the model's output.
@@ -97,22 +89,23 @@ def test_run_writes_metrics_completions_and_mlx_lm_adapters(tiny_model_path, tmp
     assert isinstance(text, str)
 
 
-def test_adapters_off_equal_the_base_model_after_training(tiny_model_path, tmp_path, spaces):
-    trainer = Trainer(tiny_config(tiny_model_path, tmp_path / "run", max_steps=2, extra_reward=spaces), progress=False)
+def test_adapters_off_equal_the_base_model_after_training(tiny_model_path, tmp_path, spaces_reward):
+    training = prepare(tiny_config(tiny_model_path, tmp_path / "run", max_steps=2, extra_reward=spaces_reward))
+    model = training.model
     ids = mx.array([[5, 6, 7, 8, 9]])
     base, _ = mlx_lm.load(str(tiny_model_path))
     want = np.array(base(ids))
-    np.testing.assert_allclose(np.array(trainer.model(ids)), want, atol=1e-5)  # lora_b starts at zero
-    trainer.run()
-    assert not np.allclose(np.array(trainer.model(ids)), want, atol=1e-4)
-    with adapters_disabled(trainer.model):
-        np.testing.assert_allclose(np.array(trainer.model(ids)), want, atol=1e-5)
-    assert not np.allclose(np.array(trainer.model(ids)), want, atol=1e-4)  # and back on after the block
+    np.testing.assert_allclose(np.array(model(ids)), want, atol=1e-5)  # lora_b starts at zero
+    run(training, progress=False)
+    assert not np.allclose(np.array(model(ids)), want, atol=1e-4)
+    with adapters_disabled(model):
+        np.testing.assert_allclose(np.array(model(ids)), want, atol=1e-5)
+    assert not np.allclose(np.array(model(ids)), want, atol=1e-4)  # and back on after the block
 
 
-def test_resumed_run_ends_with_the_same_adapters(tiny_model_path, tmp_path, spaces):
+def test_resumed_run_ends_with_the_same_adapters(tiny_model_path, tmp_path, spaces_reward):
     def config(out, steps):
-        return tiny_config(tiny_model_path, out, max_steps=steps, save_every=2, extra_reward=spaces)
+        return tiny_config(tiny_model_path, out, max_steps=steps, save_every=2, extra_reward=spaces_reward)
 
     straight = tmp_path / "straight"
     train(config(straight, 4), progress=False)
@@ -127,21 +120,21 @@ def test_resumed_run_ends_with_the_same_adapters(tiny_model_path, tmp_path, spac
     assert [m["step"] for m in read_jsonl(stopped / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
-def test_existing_run_is_never_overwritten_without_a_flag(tiny_model_path, tmp_path, spaces):
+def test_existing_run_is_never_overwritten_without_a_flag(tiny_model_path, tmp_path, spaces_reward):
     out = tmp_path / "run"
 
     def config(out, **kw):
-        return tiny_config(tiny_model_path, out, extra_reward=spaces, **{"max_steps": 1, **kw})
+        return tiny_config(tiny_model_path, out, extra_reward=spaces_reward, **{"max_steps": 1, **kw})
 
     train(config(out), progress=False)
     before = (out / "adapters.safetensors").read_bytes()
     with pytest.raises(UserError, match="already holds a run"):
-        Trainer(config(out), progress=False)
+        prepare(config(out))
     with pytest.raises(UserError, match="holds a different run"):
-        Trainer(config(out, max_steps=2, learning_rate=1e-3), resume=True, progress=False)
+        prepare(config(out, max_steps=2, learning_rate=1e-3), resume=True)
     assert (out / "adapters.safetensors").read_bytes() == before
     with pytest.raises(UserError, match="nothing to resume"):
-        Trainer(config(tmp_path / "empty"), resume=True, progress=False)
+        prepare(config(tmp_path / "empty"), resume=True)
     train(config(out, seed=9), overwrite=True, progress=False)
     assert json.loads((out / "config.json").read_text())["seed"] == 9
 
@@ -154,11 +147,13 @@ def test_task_order_is_a_seeded_permutation_per_epoch():
     assert task_indices(1, 4, 10, seed=2) != steps[0]
 
 
-def test_non_finite_updates_are_skipped_then_the_run_stops(tiny_model_path, tmp_path, spaces):
+def test_non_finite_updates_are_skipped_then_the_run_stops(tiny_model_path, tmp_path, spaces_reward):
     """A learning rate that blows the weights up: later losses are NaN, those updates are skipped,
     and after max_bad_steps in a row the run stops with a clear message."""
     out = tmp_path / "run"
-    config = tiny_config(tiny_model_path, out, max_steps=8, max_bad_steps=3, learning_rate=1e30, extra_reward=spaces)
+    config = tiny_config(
+        tiny_model_path, out, max_steps=8, max_bad_steps=3, learning_rate=1e30, extra_reward=spaces_reward
+    )
     with pytest.raises(UserError, match="3 consecutive updates had non-finite loss or gradients"):
         train(config, progress=False)
     skipped = [m["skipped"] for m in read_jsonl(out / "metrics.jsonl")]
@@ -166,7 +161,7 @@ def test_non_finite_updates_are_skipped_then_the_run_stops(tiny_model_path, tmp_
     assert (out / "checkpoints" / "step-000001" / "adapters.safetensors").is_file()
 
 
-def test_gradients_flow_through_the_whole_loop(tiny_model_path, tmp_path, spaces):
+def test_gradients_flow_through_the_whole_loop(tiny_model_path, tmp_path, spaces_reward):
     """A reward that only asks for more word-starting tokens rises clearly within a few dozen steps."""
     out = tmp_path / "run"
     config = tiny_config(
@@ -177,25 +172,25 @@ def test_gradients_flow_through_the_whole_loop(tiny_model_path, tmp_path, spaces
         num_generations=8,
         max_completion_length=8,
         learning_rate=5e-3,
-        extra_reward=spaces,
+        extra_reward=spaces_reward,
         save_every=30,
         log_completions_every=30,
         scale_rewards="batch",
-    ).replace(rewards=[spaces])
+    ).replace(rewards=[spaces_reward])
     train(config, progress=False)
     rewards = [m["reward"] for m in read_jsonl(out / "metrics.jsonl") if "reward" in m]
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
     assert last > first + 0.2, (first, last)
 
 
-def test_qlora_run_on_a_4bit_base_saves_adapters_that_mlx_lm_loads(tiny_model_path, tmp_path, spaces):
+def test_qlora_run_on_a_4bit_base_saves_adapters_that_mlx_lm_loads(tiny_model_path, tmp_path, spaces_reward):
     out = tmp_path / "run"
-    trainer = Trainer(tiny_config(tiny_model_path, out, max_steps=2, quantize=4, extra_reward=spaces), progress=False)
+    training = prepare(tiny_config(tiny_model_path, out, max_steps=2, quantize=4, extra_reward=spaces_reward))
     import mlx.nn as nn
 
-    quantized = [m for _, m in trainer.model.named_modules() if isinstance(m, nn.QuantizedLinear)]
+    quantized = [m for _, m in training.model.named_modules() if isinstance(m, nn.QuantizedLinear)]
     assert quantized, "the base's linear layers should be 4-bit"
-    trainer.run()
+    run(training, progress=False)
     weights = mx.load(str(out / "adapters.safetensors"))
     assert weights and all(k.endswith(("lora_a", "lora_b")) for k in weights)
     assert any(float(mx.abs(v).max()) > 0 for k, v in weights.items() if k.endswith("lora_b"))

@@ -22,6 +22,7 @@ def rollout(spec: dict) -> dict:
     from mlx_lm import load
 
     from mlx_grpo.rollout import generate
+    from mlx_grpo.sampling import SamplingOptions
 
     model, tokenizer = load(spec["model"])
     prompt_ids = [tokenizer.apply_chat_template(m, add_generation_prompt=True) for m in spec["messages"]]
@@ -32,8 +33,7 @@ def rollout(spec: dict) -> dict:
             model,
             prompt_ids,
             group_size=spec["group_size"],
-            max_tokens=max_tokens,
-            temperature=spec["temperature"],
+            sampling=SamplingOptions(max_tokens, spec["temperature"]),
             eos_ids=[],
             seed=spec["seed"],
         )
@@ -51,9 +51,10 @@ def rollout(spec: dict) -> dict:
 
 
 def grpo_step(spec: dict) -> dict:
-    """`mlx_grpo.trainer.Trainer.run` on the benchmark's tasks, with the toy reward; per-step metrics."""
+    """`mlx_grpo.trainer.run` on the benchmark's tasks, with the toy reward; per-step metrics."""
+    from mlx_grpo import trainer
     from mlx_grpo.config import TrainConfig
-    from mlx_grpo.trainer import Trainer
+    from mlx_grpo.episodes import EpisodeSource
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "tasks.jsonl"  # the B tasks, repeated so that the train/test split keeps them all
@@ -80,22 +81,24 @@ def grpo_step(spec: dict) -> dict:
             seed=spec["seed"],
             output_dir=str(Path(tmp) / "run"),
         )
-        trainer = Trainer(config, progress=False)
-        trainer.tokenizer.eos_token_ids = []  # no stop token: every row generates exactly max_tokens
-        sample, sampled = trainer.sample, []
+        training = trainer.prepare(config)
+        # no stop token: every row generates exactly max_tokens
+        source = EpisodeSource(
+            training.model, training.tokenizer, training.train_tasks, config, training.reward_set, []
+        )
+        sampled = []
 
         def sample_and_keep(step: int):  # keeps the last step's episodes, to count its prompt tokens
-            sampled[:] = [sample(step)]
+            sampled[:] = [source(step)]
             return sampled[0]
 
-        trainer.sample = sample_and_keep
         metrics: list[dict] = []
-        trainer.run(on_step=metrics.append)
+        trainer.run(training, source=sample_and_keep, on_step=metrics.append, progress=False)
         metrics = metrics[spec["warmup"] :]
     parts = {name: [m[f"time/{name}"] for m in metrics] for name in ("generate", "score", "update")}
     result = step_result([m["time/step"] for m in metrics], **parts)
     result["completion_tokens"] = metrics[-1]["completion_length/mean"] * len(spec["tasks"]) * spec["group_size"]
-    result["prompt_tokens"] = sum(len(ids) for ids in sampled[0].rollout.prompt_ids) * spec["group_size"]
+    result["prompt_tokens"] = sum(len(ids) for ids in sampled[0].rollout.prompts.ids) * spec["group_size"]
     result["peak_mx_gib"] = max(m["peak_memory_gb"] for m in metrics)
     return result
 
