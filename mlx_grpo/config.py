@@ -39,56 +39,78 @@ def memory_bytes(text: str) -> int:
     return int(size)
 
 
+def _setting(default, help: str, *, choices: tuple = (), factory=None):
+    """A TrainConfig field with its help text (and allowed values) for the CLI and the docs."""
+    metadata = {"help": help, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
     # --- model -----------------------------------------------------------------------------
-    model: str = "Qwen/Qwen3-0.6B"  # hub id or local path, loaded by mlx_lm.load
-    quantize: int | None = None  # 4 or 8: quantize the base on load (QLoRA)
-    dtype: str = "auto"  # auto: float32 on CPU (bf16 matmul is slow there), stored dtype elsewhere
-    trust_remote_code: bool = False
+    model: str = _setting("Qwen/Qwen3-0.6B", "Hub id or local folder of an mlx-lm causal LM.")
+    quantize: int | None = _setting(None, "Quantize the base weights on load to 4 or 8 bits (QLoRA).", choices=(4, 8))
+    dtype: str = _setting(
+        "auto",
+        "Weight dtype; auto = float32 on CPU (bf16 matmul is slow there), as stored on GPU.",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    trust_remote_code: bool = _setting(False, "Allow models that need their own Python code.")
     # --- data ------------------------------------------------------------------------------
-    dataset: str = "Jiayi-Pan/Countdown-Tasks-3to4"  # hub id, local file, or "generate"
-    num_samples: int = 1000  # tasks drawn (after a seeded shuffle), as the original notebook
-    test_size: float = 0.1  # fraction of those held out for evaluation
-    enable_thinking: bool = True  # Qwen3 chat-template switch
-    prefill: str = ""  # text the assistant turn starts with, e.g. "<think>"
+    dataset: str = _setting(
+        "Jiayi-Pan/Countdown-Tasks-3to4", "Hub dataset id, local .jsonl/.json/.parquet/.csv file, or 'generate'."
+    )
+    num_samples: int = _setting(1000, "Tasks drawn after a seeded shuffle (train + test), as the original notebook.")
+    test_size: float = _setting(0.1, "Fraction of the tasks held out for evaluation.")
+    enable_thinking: bool = _setting(True, "Qwen3 chat-template thinking switch.")
+    prefill: str = _setting("", "Text the assistant turn starts with (e.g. '<think>').")
     # --- rollout ---------------------------------------------------------------------------
-    batch_size: int = 4  # B: prompts per step
-    num_generations: int = 8  # G: completions per prompt
-    max_completion_length: int = 512
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0: off
+    batch_size: int = _setting(4, "B: prompts per step.")
+    num_generations: int = _setting(8, "G: completions per prompt (>= 2).")
+    max_completion_length: int = _setting(512, "Most tokens per completion.")
+    temperature: float = _setting(1.0, "Sampling temperature (the update's log-probs use the same).")
+    top_p: float = _setting(1.0, "Nucleus sampling mass (1 = off).")
+    top_k: int = _setting(0, "Sample from the k most likely tokens only (0 = off).")
     # --- objective -------------------------------------------------------------------------
-    rewards: list = field(default_factory=lambda: ["format", "equation"])  # "name[=weight]"
-    loss_type: str = "dapo"
-    scale_rewards: str = "group"
-    beta: float = 0.0  # β: KL weight; 0 skips the reference pass entirely
-    epsilon: float = 0.2  # ε_low
-    epsilon_high: float | None = None  # ε_high (DAPO clip-higher); None: same as epsilon
-    num_iterations: int = 1  # μ: updates per batch of generations
+    rewards: list = _setting(
+        None,
+        "Reward: a name (format, equation, ...), module:function or file.py:function, optional =WEIGHT. Repeatable.",
+        factory=lambda: ["format", "equation"],
+    )
+    loss_type: str = _setting("dapo", "How per-token losses are averaged.", choices=LOSS_TYPES)
+    scale_rewards: str = _setting(
+        "group", "Divide advantages by the group's std, the batch's, or not at all.", choices=SCALE_REWARDS
+    )
+    beta: float = _setting(0.0, "β: KL weight towards the base model (0 skips the reference pass).")
+    epsilon: float = _setting(0.2, "ε: lower clip range of the ratio.")
+    epsilon_high: float | None = _setting(None, "Upper clip range (DAPO clip-higher); default = epsilon.")
+    num_iterations: int = _setting(1, "μ: updates per batch of generations.")
     # --- optimisation ----------------------------------------------------------------------
-    learning_rate: float = 5e-5  # LoRA wants 10-100x a full fine-tune's rate
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    grad_accumulation: int = 1  # micro-batches per update; rows per micro-batch = B*G / this
-    max_steps: int = 200
-    lora_rank: int = 8
-    lora_scale: float = 20.0  # mlx-lm's scale (PEFT's lora_alpha = scale * rank)
-    lora_dropout: float = 0.0
-    lora_layers: int = -1  # last N transformer blocks get adapters; -1: all
+    learning_rate: float = _setting(5e-5, "AdamW learning rate (LoRA wants 10-100x a full fine-tune's).")
+    weight_decay: float = _setting(0.0, "AdamW weight decay.")
+    warmup_steps: int = _setting(0, "Linear learning-rate warm-up steps.")
+    max_grad_norm: float = _setting(1.0, "Clip the gradient to this global norm.")
+    grad_accumulation: int = _setting(1, "Micro-batches per update (splits the B*G rows).")
+    max_steps: int = _setting(200, "Training steps.")
+    lora_rank: int = _setting(8, "LoRA rank.")
+    lora_scale: float = _setting(20.0, "mlx-lm LoRA scale (PEFT lora_alpha = scale * rank).")
+    lora_dropout: float = _setting(0.0, "Dropout on the LoRA input.")
+    lora_layers: int = _setting(-1, "Adapt the last N transformer blocks; -1 = all.")
     # --- bookkeeping -----------------------------------------------------------------------
-    output_dir: str = "runs/countdown"
-    seed: int = 0
-    eval_every: int = 50  # 0: only at the end
-    eval_samples: int = 200  # held-out tasks per evaluation (capped by the split's size)
-    save_every: int = 50
-    log_completions_every: int = 10
-    max_bad_steps: int = 5  # consecutive non-finite updates before the run stops
-    max_memory: str | None = None  # e.g. "12GB": Metal memory limit; no-op elsewhere
-    report_to: str | None = None  # tensorboard | wandb
-    push_to_hub: str | None = None  # USER/NAME to upload the adapters to at the end
+    output_dir: str = _setting("runs/countdown", "Run directory: checkpoints, adapters, logs, plots.")
+    seed: int = _setting(0, "Seed of the data order, sampling and LoRA initialisation.")
+    eval_every: int = _setting(50, "Held-out evaluation every N steps (0 = only at the end).")
+    eval_samples: int = _setting(200, "Held-out tasks per evaluation (capped by the split's size).")
+    save_every: int = _setting(50, "Checkpoint every N steps.")
+    log_completions_every: int = _setting(10, "Write the sampled completions every N steps.")
+    max_bad_steps: int = _setting(5, "Stop after N consecutive non-finite updates.")
+    max_memory: str | None = _setting(None, "Metal memory limit, e.g. 12GB (no-op on CPU/CUDA).")
+    report_to: str | None = _setting(
+        None, "Also log metrics to tensorboard or wandb.", choices=("tensorboard", "wandb")
+    )
+    push_to_hub: str | None = _setting(None, "Upload the adapters to this Hub repo (USER/NAME) at the end.")
 
     def __post_init__(self):
         _coerce_types(self)
@@ -111,19 +133,6 @@ class TrainConfig:
             (0 <= self.epsilon < 1, "epsilon must be in [0, 1)"),
             (self.epsilon_high is None or self.epsilon_high >= 0, "epsilon_high must be >= 0"),
             (self.num_iterations >= 1, "num_iterations must be at least 1"),
-            (
-                self.loss_type in LOSS_TYPES,
-                f"loss_type must be one of {', '.join(LOSS_TYPES)} (got {self.loss_type!r})",
-            ),
-            (
-                self.scale_rewards in SCALE_REWARDS,
-                f"scale_rewards must be one of {', '.join(SCALE_REWARDS)} (got {self.scale_rewards!r})",
-            ),
-            (self.quantize in (None, 4, 8), "quantize must be 4 or 8"),
-            (
-                self.dtype in ("auto", "float32", "bfloat16", "float16"),
-                "dtype must be auto, float32, bfloat16 or float16",
-            ),
             (self.num_samples >= 1, "num_samples must be positive"),
             (0 < self.test_size < 1, "test_size must be a fraction in (0, 1)"),
             (self.lora_rank >= 1, "lora_rank must be positive"),
@@ -143,9 +152,12 @@ class TrainConfig:
             (self.save_every >= 1, "save_every must be positive"),
             (self.log_completions_every >= 1, "log_completions_every must be positive"),
             (self.max_bad_steps >= 1, "max_bad_steps must be positive"),
-            (self.report_to in (None, "tensorboard", "wandb"), "report_to must be tensorboard or wandb"),
             (len(self.rewards) >= 1, "at least one reward is needed"),
         ]
+        for f in dataclasses.fields(self):
+            value, choices = getattr(self, f.name), f.metadata["choices"]
+            if choices and value is not None and value not in choices:
+                checks.append((False, f"{f.name} must be one of {', '.join(map(str, choices))} (got {value!r})"))
         for ok, message in checks:
             if not ok:
                 raise UserError(f"invalid config: {message}")
@@ -154,10 +166,6 @@ class TrainConfig:
                 raise UserError(f"invalid config: {name} must be finite")
         if self.max_memory is not None:
             memory_bytes(self.max_memory)  # checked on every platform, though only Metal uses it
-
-    @property
-    def clip_high(self) -> float:
-        return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

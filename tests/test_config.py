@@ -53,8 +53,3 @@ def test_bad_config_files_give_one_line_errors(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UserError, match="config file not found"):
         read_config_file(tmp_path / "nope.yaml")
-
-
-def test_clip_high_defaults_to_epsilon():
-    assert TrainConfig(epsilon=0.1).clip_high == 0.1
-    assert TrainConfig(epsilon=0.1, epsilon_high=0.28).clip_high == 0.28

@@ -17,47 +17,13 @@ from pathlib import Path
 import click
 
 from mlx_grpo.cli import cli
-from mlx_grpo.config import LOSS_TYPES, SCALE_REWARDS, TrainConfig, build_config
+from mlx_grpo.config import TrainConfig, build_config
 from mlx_grpo.errors import UserError
 from mlx_grpo.progress import format_table
 
-_HELP = {
-    "model": "Hub id or local folder of an mlx-lm causal LM.",
-    "quantize": "Quantize the base weights on load to 4 or 8 bits (QLoRA).",
-    "dtype": "Weight dtype; auto = float32 on CPU, as stored on GPU.",
-    "trust_remote_code": "Allow models that need their own Python code.",
-    "dataset": "Hub dataset id, local .jsonl/.json/.parquet/.csv file, or 'generate'.",
-    "num_samples": "Tasks drawn after a seeded shuffle (train + test).",
-    "test_size": "Fraction of the tasks held out for evaluation.",
-    "enable_thinking": "Qwen3 chat-template thinking switch.",
-    "prefill": "Text the assistant turn starts with (e.g. '<think>').",
-    "batch_size": "B: prompts per step.",
-    "num_generations": "G: completions per prompt (>= 2).",
-    "max_completion_length": "Most tokens per completion.",
-    "rewards": "Reward: a name (format, equation, ...), module:function or file.py:function, optional =WEIGHT. Repeatable.",
-    "loss_type": "How per-token losses are averaged.",
-    "scale_rewards": "Divide advantages by the group's std, the batch's, or not at all.",
-    "beta": "β: KL weight towards the base model (0 skips the reference pass).",
-    "epsilon": "ε: lower clip range of the ratio.",
-    "epsilon_high": "Upper clip range (DAPO clip-higher); default = epsilon.",
-    "num_iterations": "μ: updates per batch of generations.",
-    "grad_accumulation": "Micro-batches per update (splits the B*G rows).",
-    "lora_layers": "Adapt the last N transformer blocks; -1 = all.",
-    "lora_scale": "mlx-lm LoRA scale (PEFT lora_alpha = scale * rank).",
-    "eval_every": "Held-out evaluation every N steps (0 = only at the end).",
-    "save_every": "Checkpoint every N steps.",
-    "max_bad_steps": "Stop after N consecutive non-finite updates.",
-    "max_memory": "Metal memory limit, e.g. 12GB (no-op on CPU/CUDA).",
-    "report_to": "Also log metrics to tensorboard or wandb.",
-    "push_to_hub": "Upload the adapters to this Hub repo (USER/NAME) at the end.",
-}
-_CHOICES = {
-    "loss_type": LOSS_TYPES,
-    "scale_rewards": SCALE_REWARDS,
-    "quantize": ("4", "8"),
-    "report_to": ("tensorboard", "wandb"),
-    "dtype": ("auto", "float32", "bfloat16", "float16"),
-}
+
+def _help(name: str) -> str:
+    return next(f.metadata["help"] for f in dataclasses.fields(TrainConfig) if f.name == name)
 
 
 def _option(f: dataclasses.Field):
@@ -66,13 +32,14 @@ def _option(f: dataclasses.Field):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     flag = "--" + f.name.replace("_", "-")
     default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-    help_text = f"{_HELP.get(f.name, '')} [default: {default}]".strip()
+    help_text = f"{f.metadata['help']} [default: {default}]"
+    choices = tuple(str(c) for c in f.metadata["choices"])
     if f.name == "rewards":
         return click.option("--reward", "rewards", multiple=True, default=None, help=help_text)
     if hint is bool:
         return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
-    if f.name in _CHOICES:
-        return click.option(flag, f.name, type=click.Choice(_CHOICES[f.name]), default=None, help=help_text)
+    if choices:
+        return click.option(flag, f.name, type=click.Choice(choices), default=None, help=help_text)
     return click.option(flag, f.name, type={int: int, float: float}.get(hint, str), default=None, help=help_text)
 
 
@@ -90,8 +57,8 @@ def config_options(func):
 @config_options
 def train(config_file, resume, overwrite, quiet, **flags):
     """Train LoRA adapters with GRPO (defaults: Qwen/Qwen3-0.6B on Countdown)."""
+    from mlx_grpo import trainer
     from mlx_grpo.presets import preset_for_model
-    from mlx_grpo.trainer import Trainer, TrainingInterrupted
 
     flags["rewards"] = list(flags["rewards"]) or None
     if flags.get("quantize") is not None:
@@ -100,11 +67,11 @@ def train(config_file, resume, overwrite, quiet, **flags):
     config = build_config(config_file, flags, base=preset_for_model(model))
     if config.push_to_hub:
         _check_push(config.push_to_hub)
-    trainer = Trainer(config, resume=resume, overwrite=overwrite, progress=not quiet)  # every check, nothing written
+    training = trainer.prepare(config, resume=resume, overwrite=overwrite)  # every check, nothing written
     click.echo(f"run: {config.output_dir}  model: {config.model}  dataset: {config.dataset}", err=True)
     try:
-        summary = trainer.run()
-    except TrainingInterrupted as e:
+        summary = trainer.run(training, progress=not quiet)
+    except trainer.TrainingInterrupted as e:
         click.echo(str(e), err=True)
         sys.exit(130)
     except OSError as e:
@@ -189,7 +156,7 @@ def _summary_rows(summary: dict) -> dict:
 @click.option("--enable-thinking/--no-enable-thinking", default=True, show_default=True)
 @click.option("--prefill", default="", help="Text the assistant turn starts with.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the results (and samples) as JSON here.")
-@click.option("--trust-remote-code", is_flag=True, help=_HELP["trust_remote_code"])
+@click.option("--trust-remote-code", is_flag=True, help=_help("trust_remote_code"))
 @click.option("--quiet", is_flag=True)
 def eval_command(
     model,
