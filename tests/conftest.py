@@ -49,6 +49,19 @@ def tiny_model_path(tmp_path_factory) -> Path:
     return build_tiny(tmp_path_factory.mktemp("tiny-qwen3") / "model")
 
 
+SPACES_REWARD = "def spaces(completions, **kw):\n    return [c.count(' ') / max(len(c), 1) for c in completions]\n"
+
+
+@pytest.fixture(scope="session")
+def spaces_reward(tmp_path_factory) -> str:
+    """A reward spec (`file.py:spaces`) that a random model's samples already vary on: the share of
+    spaces in the text (the fraction of tokens that start a word, in a byte-level BPE), so updates are
+    non-zero."""
+    path = tmp_path_factory.mktemp("reward") / "spaces.py"
+    path.write_text(SPACES_REWARD)
+    return f"{path}:spaces"
+
+
 @pytest.fixture
 def tiny_model(tiny_model_path):
     """A fresh (model, tokenizer) pair loaded with mlx_lm.load from the tiny model's folder."""

@@ -67,6 +67,7 @@ def test_reexec_env_prepends_openblas_and_sets_guard():
 
 
 @fast_path_possible
+@pytest.mark.slow  # a real subprocess
 def test_reexec_loads_openblas_and_opt_out_keeps_reference_blas_with_same_results():
     fast = _probe()
     assert fast["guard"] == "1"

@@ -29,6 +29,7 @@ def invoke(*args):
 # --- as a process: exit codes and stderr ---------------------------------------------------------
 
 
+@pytest.mark.slow  # a real subprocess
 def test_generate_writes_solvable_tasks(tmp_path):
     out = tmp_path / "sub" / "tasks.jsonl"
     result = run("data", "generate", "--num", "30", "--seed", "5", "--output", str(out))
@@ -40,12 +41,14 @@ def test_generate_writes_solvable_tasks(tmp_path):
     assert sorted(load_tasks(str(out)), key=repr) == sorted(load_tasks("generate", seed=5, num_samples=30), key=repr)
 
 
+@pytest.mark.slow  # a real subprocess
 def test_solve_prints_the_equation_and_steps():
     result = run("data", "solve", "--nums", "44,19,35", "--target", "98")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "(44 + 19) + 35 = 98\n  44 + 19 = 63\n  63 + 35 = 98\n"
 
 
+@pytest.mark.slow  # a real subprocess
 def test_solve_without_solution_exits_1():
     result = run("data", "solve", "--nums", "4,4,4", "--target", "1")
     assert result.returncode == 1
@@ -63,6 +66,7 @@ def test_solve_without_solution_exits_1():
         ),
     ],
 )
+@pytest.mark.slow  # a real subprocess
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     (tmp_path / "bad.jsonl").write_text('{"target": 3, "nums": [1, 2]}\n]\n')
     result = run(*args, cwd=tmp_path)

@@ -34,15 +34,11 @@ from mlx_grpo.errors import UserError
 from mlx_grpo.trainer import train
 
 STEPS = 14  # of the runs that are killed and resumed
-SPACES = "def spaces(completions, **kw):\n    return [c.count(' ') / max(len(c), 1) for c in completions]\n"
 
 
 @pytest.fixture(scope="module")
-def reward(tmp_path_factory) -> str:
-    """A reward that the random tiny model's samples vary on (the share of spaces), so updates are non-zero."""
-    path = tmp_path_factory.mktemp("reward") / "spaces.py"
-    path.write_text(SPACES)
-    return f"{path}:spaces"
+def reward(spaces_reward) -> str:
+    return spaces_reward
 
 
 def settings(model, out, reward, **overrides) -> dict:
@@ -238,6 +234,7 @@ def reference(tmp_path_factory, tiny_model_path, reward):
     proc.communicate()
 
 
+@pytest.mark.slow  # a real subprocess
 def test_sigkill_at_six_moments_then_resume_ends_with_the_uninterrupted_adapters(
     tiny_model_path, tmp_path, reward, reference
 ):
@@ -303,6 +300,7 @@ def test_a_crash_while_deleting_a_checkpoint_never_leaves_a_partial_one_under_it
 # --- Ctrl-C --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a real subprocess
 def test_ctrl_c_saves_exits_130_with_a_resume_hint_and_resume_finishes(tiny_model_path, tmp_path, reward, reference):
     run = tmp_path / "run"
     argv = train_argv(tiny_model_path, run, reward)
@@ -424,6 +422,7 @@ def _remount(disk: Path, mode: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{mode}", str(disk)], check=True)
 
 
+@pytest.mark.slow  # a real subprocess
 @pytest.mark.parametrize("fault", ["full", "read-only"])
 def test_a_disk_that_fills_up_or_turns_read_only_mid_run_is_one_line_exit_2_then_resume_works(
     tiny_model_path, reward, small_disk, capfd, fault
@@ -461,6 +460,7 @@ def test_a_disk_that_fills_up_or_turns_read_only_mid_run_is_one_line_exit_2_then
     assert [r["step"] for r in read_metrics(run)] == list(range(1, 9))
 
 
+@pytest.mark.slow  # a real subprocess
 def test_a_read_only_output_disk_is_refused_before_anything_loads(tiny_model_path, reward, small_disk, capfd):
     _remount(small_disk, "ro")
     code = _cli(train_argv(tiny_model_path, small_disk / "run", reward)[3:])

@@ -20,7 +20,8 @@ from mlx_grpo.rewards import equation_reward_func, format_reward_func
 
 NUM_INPUTS = 100_000
 LONG_EVERY = 400  # one long input in this many
-TIME_BOUND_S = 0.05  # per input, all four checks together (typical: tens of microseconds)
+TIME_BOUND_S = 0.5  # per input, all four checks: 10,000x the typical tens of microseconds, so only a
+# super-linear blow-up fails it, not a busy shared machine
 MEMORY_BOUND_MB = 32  # peak traced allocation while scoring the long inputs
 
 _HOSTILE = list("0123456789+-*/()= \n\t.^%,xe_") + [

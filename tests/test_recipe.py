@@ -7,12 +7,16 @@ import random
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import build_tiny_model as recipe  # noqa: E402
 
 from mlx_grpo.countdown.generator import generate_tasks  # noqa: E402
 from mlx_grpo.countdown.solver import worked_solution  # noqa: E402
 from mlx_grpo.rewards import equation_reward_func, format_reward_func  # noqa: E402
+
+pytestmark = pytest.mark.slow  # the recipe's training runs
 
 TASKS = generate_tasks(2000, seed=4242)
 

@@ -13,6 +13,8 @@ from test_report import png_size, write_synthetic_run
 
 from mlx_grpo import report
 
+pytestmark = pytest.mark.slow  # a real browser
+
 # --in-process-gpu: on a loaded machine the separate GPU process sometimes fails to launch and
 # Chromium gives up ("GPU process isn't usable"); in-process it cannot fail that way.
 FLAGS = [

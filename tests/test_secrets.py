@@ -19,7 +19,6 @@ from mlx_grpo.errors import UserError
 from mlx_grpo.model import load_model
 
 TOKEN = "hf_FAKEsecretTokenForLeakTests0123456789"
-SPACES = "def spaces(completions, **kw):\n    return [c.count(' ') / max(len(c), 1) for c in completions]\n"
 
 
 @pytest.fixture
@@ -61,8 +60,7 @@ def files_holding(folder: Path, secret: str) -> list[str]:
     return [str(p) for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
-def test_the_hub_token_never_reaches_a_file_log_metric_or_message(tiny_model_path, tmp_path, cli, hub):
-    (tmp_path / "spaces.py").write_text(SPACES)
+def test_the_hub_token_never_reaches_a_file_log_metric_or_message(tiny_model_path, tmp_path, cli, hub, spaces_reward):
     run = tmp_path / "run"
     hub["fail"] = True  # the push at the end of training fails with the token in the library's message
     code, output = cli(
@@ -94,7 +92,7 @@ def test_the_hub_token_never_reaches_a_file_log_metric_or_message(tiny_model_pat
         "--reward",
         "format",
         "--reward",
-        f"{tmp_path / 'spaces.py'}:spaces",
+        spaces_reward,
         "--report-to",
         "tensorboard",
         "--push-to-hub",
