@@ -14,7 +14,6 @@ function of (seed, epoch), so a resumed run repeats exactly what an uninterrupte
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -30,7 +29,7 @@ import numpy as np
 from mlx.utils import tree_map
 
 from mlx_grpo import checkpoint as ckpt
-from mlx_grpo import runlog
+from mlx_grpo import rundir
 from mlx_grpo.config import TrainConfig, memory_bytes, save_config
 from mlx_grpo.countdown.data import load_tasks, split_tasks
 from mlx_grpo.countdown.expr import extract_equation
@@ -90,7 +89,15 @@ class Trainer:
         self.overwrite = overwrite
         self.reward_set = RewardSet.from_specs(config.rewards)
         check_model_source(config.model)
-        self.resume_from = ckpt.prepare_run_dir(self.run_dir, config.to_dict(), resume=resume, overwrite=overwrite)
+        self.lock = rundir.acquire_lock(self.run_dir)  # the one writer from here on; run() releases it
+        try:
+            self._setup(config, resume, overwrite)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, config: TrainConfig, resume: bool, overwrite: bool) -> None:
+        self.resume_from = rundir.prepare_run_dir(self.run_dir, config.to_dict(), resume=resume, overwrite=overwrite)
         tasks = load_tasks(config.dataset, seed=config.seed, num_samples=config.num_samples)
         self.train_tasks, self.test_tasks = split_tasks(tasks, config.test_size)
         self.eval_tasks = self.test_tasks[: config.eval_samples]
@@ -290,7 +297,7 @@ class Trainer:
                     "equation": extract_equation(episodes.completions[r]),
                 }
             )
-        runlog.append_jsonl(self.run_dir / runlog.COMPLETIONS, records)
+        rundir.append_jsonl(self.run_dir / rundir.COMPLETIONS, records)
 
     def run_eval(self) -> dict:
         c = self.config
@@ -313,9 +320,13 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------
     def run(self, on_step: Callable[[dict], None] | None = None) -> dict:
         """Train until max_steps (or Ctrl-C); return the final summary (last metrics + eval)."""
+        with self.lock:
+            return self._run(on_step)
+
+    def _run(self, on_step: Callable[[dict], None] | None) -> dict:
         c = self.config
         if self.overwrite:
-            ckpt.clear_run_dir(self.run_dir)
+            rundir.clear_run_dir(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with make_tracker(c.report_to, self.run_dir, c) as self.tracker:
             if self.resume_from is not None:
@@ -383,17 +394,17 @@ class Trainer:
     def _append_metrics(self, metrics: dict) -> None:
         self.state.history.append(metrics)
         self.tracker.log(metrics, metrics["step"])
-        runlog.append_jsonl(self.run_dir / runlog.METRICS, [metrics])
+        rundir.append_jsonl(self.run_dir / rundir.METRICS, [metrics])
 
     def _truncate_logs(self, step: int) -> None:
         """Drop log lines written after the checkpoint being resumed (they will be written again)."""
-        self.state.history = runlog.truncate_after(self.run_dir / runlog.METRICS, step)
-        runlog.truncate_after(self.run_dir / runlog.COMPLETIONS, step)
+        self.state.history = rundir.truncate_after(self.run_dir / rundir.METRICS, step)
+        rundir.truncate_after(self.run_dir / rundir.COMPLETIONS, step)
 
     def finish(self) -> dict:
         summary = dict(self.state.history[-1]) if self.state.history else {}
         plot_reward_accuracy(self.state.history, self.run_dir / "plots" / "reward_accuracy.png")
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        rundir.write_json(self.run_dir / rundir.SUMMARY, summary)
         return summary
 
 
