@@ -191,8 +191,8 @@ class RunLock:
     """An exclusive hold on a run directory, from `acquire_lock` until `release()` (or the `with`
     block's end, or the process's death: the OS drops an flock with its last file descriptor)."""
 
-    def __init__(self, run_dir: Path, fd: int, created: list[Path]):
-        self.run_dir, self.path = run_dir, run_dir / LOCK
+    def __init__(self, path: Path, fd: int, created: list[Path]):
+        self.path = path  # the lock file
         self._fd: int | None = fd
         self._created = created  # folders this lock made, outermost first
 
@@ -233,7 +233,7 @@ def acquire_lock(run_dir: str | Path) -> RunLock:
         raise UserError(f"output dir {run_dir} exists and is not a folder")
     _check_writable(run_dir)
     created = _make_folders(run_dir)
-    lock = RunLock(run_dir, _lock_file(run_dir / LOCK), created)
+    lock = RunLock(run_dir / LOCK, _lock_file(run_dir / LOCK), created)
     try:  # who holds it, for the message another start shows
         lock.path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     except OSError as e:
