@@ -16,8 +16,7 @@ import yaml
 
 from mlx_grpo.countdown.prompts import build_messages
 from mlx_grpo.countdown.tasks import Task
-from mlx_grpo.export import Run
-from mlx_grpo.runlog import read_jsonl
+from mlx_grpo.rundir import Run, read_jsonl
 
 # Licences of base models whose terms are known; the card leaves the field out for the rest.
 _LICENSES = {"Qwen/Qwen3-": "apache-2.0", "mlx-community/Qwen3-": "apache-2.0"}

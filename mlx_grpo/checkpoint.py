@@ -1,4 +1,4 @@
-"""Checkpoints and the run directory: atomic writes, resume, and never clobbering a user's run.
+"""Checkpoints: the folders under `RUN_DIR/checkpoints/`, saved atomically, listed, loaded, published.
 
 A checkpoint is a folder `checkpoints/step-NNNNNN/` holding the adapters (mlx-lm format), the
 optimizer state and `state.json` (step, data position, seed). The trainer re-seeds every random
@@ -21,14 +21,12 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_grpo.errors import UserError
-from mlx_grpo.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter_weights, save_adapters
+from mlx_grpo.model import load_adapter_weights, save_adapters
+from mlx_grpo.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CHECKPOINTS
 
-CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 _OPTIMIZER = "optimizer.safetensors"
 _STATE = "state.json"
-# What a run directory holds; any of these means "this folder is a run".
-RUN_FILES = ("config.json", "metrics.jsonl", CHECKPOINTS, ADAPTER_WEIGHTS)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -126,95 +124,3 @@ def load_checkpoint(checkpoint: Path, model, optimizer) -> dict:
         raise UserError(f"checkpoint {checkpoint} is unreadable: {e}") from None
     mx.eval(model.parameters(), optimizer.state)
     return state
-
-
-def prepare_run_dir(run_dir: str | Path, config_dict: dict, *, resume: bool, overwrite: bool) -> Path | None:
-    """Check what the output folder holds before anything is written.
-
-    Returns the checkpoint to resume from (None for a fresh run).
-
-    Raises:
-        UserError: the folder holds a run and neither --resume nor --overwrite was given;
-            --resume with nothing to resume; --resume on a run with other settings; a folder
-            that cannot be created or written (under a file, on a read-only disk).
-    """
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"output dir {run_dir} exists and is not a folder")
-    has_run = run_dir.is_dir() and any((run_dir / f).exists() for f in RUN_FILES)
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite exclude each other")
-    if resume:
-        checkpoint = latest_checkpoint(run_dir) if has_run else None
-        if checkpoint is None:
-            raise UserError(f"nothing to resume in {run_dir} (no checkpoint found)")
-        _check_same_run(run_dir, config_dict)
-        _check_writable(run_dir)
-        return checkpoint
-    if has_run and not overwrite:
-        raise UserError(
-            f"output dir {run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
-        )
-    if run_dir.is_dir() and not has_run and any(run_dir.iterdir()):
-        raise UserError(f"output dir {run_dir} is not empty and does not hold a run; choose another --output-dir")
-    _check_writable(run_dir)
-    return None
-
-
-def _check_writable(run_dir: Path) -> None:
-    """The run dir, or the nearest folder above it that exists, must be a folder we may write in."""
-    folder = run_dir.absolute()
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UserError(f"cannot create output dir {run_dir}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"output dir {run_dir}: {folder} is not writable")
-
-
-def clear_run_dir(run_dir: str | Path) -> None:
-    """Remove a previous run's files (for --overwrite), after every check has passed."""
-    run_dir = Path(run_dir)
-    for name in RUN_FILES + (
-        "completions.jsonl",
-        ADAPTER_CONFIG,
-        "plots",
-        "summary.json",
-        "tensorboard",
-        "report.html",
-    ):
-        target = run_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-
-
-# Settings that may change on resume without changing what the run computes so far.
-_RESUMABLE_CHANGES = {
-    "max_steps",
-    "output_dir",
-    "eval_every",
-    "save_every",
-    "log_completions_every",
-    "report_to",
-    "push_to_hub",
-    "max_memory",
-    "max_bad_steps",
-    "eval_samples",
-}
-
-
-def _check_same_run(run_dir: Path, config_dict: dict) -> None:
-    saved_path = run_dir / "config.json"
-    if not saved_path.is_file():
-        return
-    try:
-        saved = json.loads(saved_path.read_text())
-    except ValueError:
-        raise UserError(f"{saved_path} is not valid JSON; cannot check that --resume continues the same run") from None
-    changed = sorted(k for k, v in config_dict.items() if k not in _RESUMABLE_CHANGES and saved.get(k, v) != v)
-    if changed:
-        raise UserError(
-            f"output dir {run_dir} holds a different run (changed: {', '.join(changed)}); use another --output-dir"
-        )

@@ -117,7 +117,9 @@ def score(model_path: str, sets: dict[str, list[Task]], config, *, adapter_path=
 def check_output_dir(path: Path, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} exists and is not a folder; choose another --output-dir")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
+    from mlx_grpo.rundir import LOCK
+
+    if path.is_dir() and any(p.name != LOCK for p in path.iterdir()) and not overwrite:
         raise UserError(f"{path} already holds a demo run; pass --overwrite to replace it, or --output-dir to keep it")
 
 

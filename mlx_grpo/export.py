@@ -1,7 +1,7 @@
 """A finished run's adapters in other forms: merged into the base (fused) or in PEFT's layout.
 
-A run directory holds mlx-lm adapters (`adapters.safetensors` + `adapter_config.json`). `read_run`
-reads and checks it once; `fuse_into_model` writes a complete MLX model with the adapters merged by
+A run directory holds mlx-lm adapters (`adapters.safetensors` + `adapter_config.json`), read and
+checked once by `rundir.read_run`; `fuse_into_model` writes a complete MLX model with the adapters merged by
 mlx-lm's own `fuse()` (as `mlx_lm.fuse` does); `write_peft` writes the adapters as transformers +
 peft users load them. Nothing here writes into the run directory.
 
@@ -18,68 +18,19 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
 
 from mlx_grpo.errors import UserError
+from mlx_grpo.rundir import ADAPTER_WEIGHTS, Run
 
-ADAPTER_WEIGHTS = "adapters.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-TRAIN_CONFIG = "config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 
 # mlx-lm names a block's LoRA factors `<prefix>.layers.<i>.<module>.lora_a`; the prefix and the
 # module path match the Hugging Face model's own names for the architectures mlx-lm ports.
 _LORA_NAME = re.compile(r"^(?P<module>(?:.+\.)?layers\.(?P<layer>\d+)\.(?P<key>.+))\.lora_(?P<ab>[ab])$")
-
-
-@dataclass(frozen=True)
-class Run:
-    """A run directory, read and checked: its adapter config, training config and base model."""
-
-    path: Path
-    adapter_config: dict
-    train_config: dict = field(default_factory=dict)  # config.json; {} when the folder has none
-    base_model: str = ""  # hub id or local path the adapters belong to
-
-
-def read_run(run_dir: str | Path, *, model: str | None = None) -> Run:
-    """Read a run directory written by `mlx-grpo train` (or any mlx-lm adapter folder).
-
-    Args:
-        run_dir: the folder holding adapters.safetensors + adapter_config.json.
-        model: the base model, overriding the one the run recorded.
-
-    Raises:
-        UserError: the folder is missing, holds no adapters, has unreadable JSON, or names no base.
-    """
-    path = Path(run_dir).expanduser()
-    if not path.is_dir():
-        raise UserError(f"run directory not found: {run_dir}" if not path.exists() else f"not a directory: {run_dir}")
-    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
-        if not (path / name).is_file():
-            raise UserError(f"not a run directory: {run_dir} (no {name}; expected the folder `mlx-grpo train` wrote)")
-    adapter_config = _read_json(path / ADAPTER_CONFIG)
-    if not isinstance(adapter_config.get("lora_parameters"), dict) or "num_layers" not in adapter_config:
-        raise UserError(f"{path / ADAPTER_CONFIG} is not an mlx-lm adapter config (no lora_parameters / num_layers)")
-    train_config = _read_json(path / TRAIN_CONFIG) if (path / TRAIN_CONFIG).is_file() else {}
-    base = model or adapter_config.get("base_model") or train_config.get("model")
-    if not base:
-        raise UserError(f"the run in {run_dir} does not record its base model: pass --model")
-    return Run(path, adapter_config, train_config, str(base))
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"cannot read {path}: expected a JSON object")
-    return data
 
 
 # --- fused ---------------------------------------------------------------------------------------

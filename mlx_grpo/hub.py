@@ -21,7 +21,8 @@ from pathlib import Path
 from mlx_grpo import __version__
 from mlx_grpo.card import model_card, read_metrics, summarize_metrics
 from mlx_grpo.errors import UserError
-from mlx_grpo.export import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Run, fuse_into_model, read_run, write_peft
+from mlx_grpo.export import fuse_into_model, write_peft
+from mlx_grpo.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METRICS, PLOTS, Run, read_run
 
 FORMATS = ("mlx", "peft")
 _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")
@@ -92,10 +93,10 @@ def stage_run(
             shutil.copyfile(run.path / name, dest / name)
     if run.train_config:
         (dest / "training_config.json").write_text(json.dumps(run.train_config, indent=2) + "\n")
-    metrics = summarize_metrics(read_metrics(run.path / "metrics.jsonl"))
+    metrics = summarize_metrics(read_metrics(run.path / METRICS))
     if metrics:
         (dest / "final_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    plots = sorted((run.path / "plots").glob("*.png"))
+    plots = sorted((run.path / PLOTS).glob("*.png"))
     if plots:
         (dest / "plots").mkdir(exist_ok=True)
         for plot in plots:

@@ -14,13 +14,12 @@ import base64
 import html
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlx_grpo import plots
 from mlx_grpo.errors import UserError
 from mlx_grpo.plots import Series
-from mlx_grpo.runlog import COMPLETIONS, METRICS, read_jsonl
+from mlx_grpo.rundir import PLOTS, REPORT, Run, read_run, write_text
 
 # The R1 paper's "aha moment" shows up as the model second-guessing itself in words like these.
 DEFAULT_PHRASES = ("wait", "let me check", "verify", "try again", "instead")
@@ -67,39 +66,6 @@ FINAL_METRICS = (
     "kl",
     "tokens_per_s",
 )
-
-
-@dataclass
-class Run:
-    """What a run directory holds, as read: rows in file order (a resumed run may repeat steps)."""
-
-    path: Path
-    metrics: list[dict]
-    completions: list[dict]
-    config: dict | None
-
-    @property
-    def model(self) -> str | None:
-        return (self.config or {}).get("model")
-
-
-def load_run(run_dir: str | Path) -> Run:
-    """Read a run directory (see CONTRACTS: metrics.jsonl, completions.jsonl, config.json)."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise UserError(f"run directory not found: {path}")
-    metrics = read_jsonl(path / METRICS)
-    if not metrics:
-        raise UserError(f"no metrics in {path} (metrics.jsonl is missing or empty): has the run logged a step yet?")
-    config = None
-    if (path / "config.json").is_file():
-        try:
-            config = json.loads((path / "config.json").read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"cannot parse {path / 'config.json'}: {e}") from None
-        if not isinstance(config, dict):
-            raise UserError(f"{path / 'config.json'} must hold a JSON object of settings")
-    return Run(path, metrics, read_jsonl(path / COMPLETIONS), config)
 
 
 def phrase_pattern(phrases: list[str] | tuple[str, ...]) -> re.Pattern:
@@ -175,11 +141,13 @@ def build_report(run_dir: str | Path, output: str | Path | None = None, phrases=
     Raises UserError for a missing run directory, a run with no metrics yet, or empty phrases.
     """
     phrase_pattern(phrases)  # fail on bad phrases before drawing anything
-    run = load_run(run_dir)
-    pngs = write_plots(run, run.path / "plots", phrases)
-    output = Path(output) if output is not None else run.path / "report.html"
+    run = read_run(run_dir, adapters=False)
+    if not run.metrics:
+        raise UserError(f"no metrics in {run.path} (metrics.jsonl is missing or empty): has the run logged a step yet?")
+    pngs = write_plots(run, run.path / PLOTS, phrases)
+    output = Path(output) if output is not None else run.path / REPORT
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render_html(run, pngs, phrases), encoding="utf-8")
+    write_text(output, render_html(run, pngs, phrases))
     return output
 
 
@@ -197,21 +165,22 @@ def _header_html(run: Run) -> str:
     train_rows = [r for r in run.metrics if "reward" in r]
     last = max(train_rows, key=lambda r: r["step"]) if train_rows else {}
     evals = plots.series(run.metrics, "eval/accuracy")
-    max_steps = (run.config or {}).get("max_steps")
+    config = run.train_config
+    max_steps = config.get("max_steps")
     progress = f"step {last.get('step', 0)}" + (f" of {max_steps}" if max_steps else "")
-    config_rows = [(k, (run.config or {})[k]) for k in KEY_CONFIG if k in (run.config or {})]
+    config_rows = [(k, config[k]) for k in KEY_CONFIG if k in config]
     final_rows = [(k, last[k]) for k in FINAL_METRICS if k in last]
     if evals.steps:
         final_rows.append((f"eval/accuracy (step {evals.steps[-1]})", evals.values[-1]))
         final_rows.append(("best eval/accuracy", max(evals.values)))
     full_config = (
-        f"<details><summary>full config.json</summary><pre>{_esc(json.dumps(run.config, indent=2))}</pre></details>"
-        if run.config
+        f"<details><summary>full config.json</summary><pre>{_esc(json.dumps(config, indent=2))}</pre></details>"
+        if config
         else "<p class=muted>no config.json in the run directory</p>"
     )
     return (
         f'<header id="summary"><h1>{_esc(run.path.name)}</h1>\n'
-        f"<p class=muted>{_esc(str(run.path.resolve()))} &middot; model {_esc(run.model or 'unknown')} &middot; {_esc(progress)}</p>\n"
+        f"<p class=muted>{_esc(str(run.path.resolve()))} &middot; model {_esc(run.base_model or 'unknown')} &middot; {_esc(progress)}</p>\n"
         f"<div class=tables><div><h2>Final metrics</h2>{_table(final_rows)}</div>"
         f"<div><h2>Key config</h2>{_table(config_rows)}</div></div>\n{full_config}</header>"
     )

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from mlx_grpo.errors import UserError
+from mlx_grpo.rundir import TENSORBOARD
 
 KINDS = ("tensorboard", "wandb")
 
@@ -40,7 +41,7 @@ class Tracker:
 
 class TensorBoardTracker(Tracker):
     def __init__(self, tensorboardX, run_dir: Path, config: dict):
-        self.writer = tensorboardX.SummaryWriter(logdir=str(run_dir / "tensorboard"))
+        self.writer = tensorboardX.SummaryWriter(logdir=str(run_dir / TENSORBOARD))
         self.writer.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```", 0)
 
     def log(self, metrics: dict, step: int) -> None:

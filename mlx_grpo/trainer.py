@@ -16,7 +16,6 @@ exactly what an uninterrupted one does.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 
 from mlx_grpo import checkpoint as ckpt
-from mlx_grpo import runlog
+from mlx_grpo import rundir
 from mlx_grpo.config import TrainConfig, memory_bytes, save_config
 from mlx_grpo.countdown.data import load_tasks, split_tasks
 from mlx_grpo.episodes import Episodes, EpisodeSource, step_seed
@@ -58,6 +57,7 @@ class Training:
     train_tasks: list
     eval_tasks: list
     resume_from: Path | None  # the checkpoint to continue from; None for a fresh run
+    lock: rundir.RunLock  # this process is the run directory's one writer until the run ends
     overwrite: bool = False
     history: list = field(default_factory=list)  # metrics lines written so far (for the summary)
 
@@ -67,10 +67,23 @@ class Training:
 
 
 def prepare(config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> Training:
-    """Check the run directory, load the data and the model, add LoRA; nothing is written yet."""
+    """Lock and check the run directory, load the data and the model, add LoRA; nothing is written yet.
+
+    Raises:
+        UserError: another process holds the run directory, or any check fails (the lock is released).
+    """
     reward_set = RewardSet.from_specs(config.rewards)
     check_model_source(config.model)
-    resume_from = ckpt.prepare_run_dir(config.output_dir, config.to_dict(), resume=resume, overwrite=overwrite)
+    lock = rundir.acquire_lock(config.output_dir)
+    try:
+        return _load(config, reward_set, lock, resume=resume, overwrite=overwrite)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _load(config: TrainConfig, reward_set: RewardSet, lock, *, resume: bool, overwrite: bool) -> Training:
+    resume_from = rundir.prepare_run_dir(config.output_dir, config.to_dict(), resume=resume, overwrite=overwrite)
     tasks = load_tasks(config.dataset, seed=config.seed, num_samples=config.num_samples)
     train_tasks, test_tasks = split_tasks(tasks, config.test_size)
     _set_memory_limit(config.max_memory)
@@ -90,7 +103,17 @@ def prepare(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fals
     optimizer.init(model.trainable_parameters())
     eval_tasks = test_tasks[: config.eval_samples]
     return Training(
-        config, model, tokenizer, optimizer, adapter_config, reward_set, train_tasks, eval_tasks, resume_from, overwrite
+        config,
+        model,
+        tokenizer,
+        optimizer,
+        adapter_config,
+        reward_set,
+        train_tasks,
+        eval_tasks,
+        resume_from,
+        lock,
+        overwrite,
     )
 
 
@@ -101,7 +124,15 @@ def run(
     on_step: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train until max_steps (or Ctrl-C); return the final summary (last metrics + eval)."""
+    """Train until max_steps (or Ctrl-C); return the final summary (last metrics + eval).
+
+    The run directory's lock is released when this returns or raises.
+    """
+    with training.lock:
+        return _loop(training, source, on_step, progress)
+
+
+def _loop(training: Training, source, on_step, progress: bool) -> dict:
     c, run_dir = training.config, training.run_dir
     source = source or EpisodeSource(training.model, training.tokenizer, training.train_tasks, c, training.reward_set)
     loss_and_grad = nn.value_and_grad(training.model, make_loss(c))
@@ -179,8 +210,8 @@ def save(training: Training, step: int) -> None:
 def finish(training: Training) -> dict:
     """Write the summary and the reward/accuracy plot; return the summary."""
     summary = dict(training.history[-1]) if training.history else {}
-    plot_reward_accuracy(training.history, training.run_dir / "plots" / "reward_accuracy.png")
-    (training.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_reward_accuracy(training.history, training.run_dir / rundir.PLOTS / "reward_accuracy.png")
+    rundir.write_json(training.run_dir / rundir.SUMMARY, summary)
     return summary
 
 
@@ -198,7 +229,7 @@ class _Logger:
     def metrics(self, line: dict) -> None:
         self.training.history.append(line)
         self.tracker.log(line, line["step"])
-        runlog.append_jsonl(self.training.run_dir / runlog.METRICS, [line])
+        rundir.append_jsonl(self.training.run_dir / rundir.METRICS, [line])
 
     def completions(self, step: int, episodes: Episodes, advantages: list[float]) -> None:
         records = []
@@ -217,22 +248,22 @@ class _Logger:
                     "equation": verdict.answer,
                 }
             )
-        runlog.append_jsonl(self.training.run_dir / runlog.COMPLETIONS, records)
+        rundir.append_jsonl(self.training.run_dir / rundir.COMPLETIONS, records)
 
 
 def _open_run_dir(training: Training) -> int:
     """Create or restore the run directory; return the last completed step (0 for a fresh run)."""
     run_dir = training.run_dir
     if training.overwrite:
-        ckpt.clear_run_dir(run_dir)
+        rundir.clear_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if training.resume_from is None:
-        save_config(training.config, run_dir / "config.json")
+        save_config(training.config, run_dir / rundir.CONFIG)
         return 0
     step = ckpt.load_checkpoint(training.resume_from, training.model, training.optimizer)["step"]
     # log lines written after that checkpoint will be written again
-    training.history = runlog.truncate_after(run_dir / runlog.METRICS, step)
-    runlog.truncate_after(run_dir / runlog.COMPLETIONS, step)
+    training.history = rundir.truncate_after(run_dir / rundir.METRICS, step)
+    rundir.truncate_after(run_dir / rundir.COMPLETIONS, step)
     return step
 
 

@@ -16,8 +16,9 @@ from safetensors.numpy import load_file
 
 from mlx_grpo.config import TrainConfig
 from mlx_grpo.errors import UserError
-from mlx_grpo.export import read_run, write_peft
+from mlx_grpo.export import write_peft
 from mlx_grpo.hub import export_run
+from mlx_grpo.rundir import read_run
 
 KEYS = [
     "self_attn.q_proj",

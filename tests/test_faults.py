@@ -28,9 +28,10 @@ import pytest
 
 import mlx_grpo.cli as cli_module
 from mlx_grpo import trainer as trainer_module
-from mlx_grpo.checkpoint import CHECKPOINTS, latest_checkpoint, list_checkpoints
+from mlx_grpo.checkpoint import latest_checkpoint, list_checkpoints
 from mlx_grpo.config import TrainConfig
 from mlx_grpo.errors import UserError
+from mlx_grpo.rundir import CHECKPOINTS
 from mlx_grpo.trainer import train
 
 STEPS = 14  # of the runs that are killed and resumed

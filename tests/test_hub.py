@@ -23,8 +23,8 @@ import mlx_grpo.cli.hub  # noqa: F401  (registers push and fuse)
 from mlx_grpo.card import hub_id, model_card, read_metrics, summarize_metrics
 from mlx_grpo.config import TrainConfig
 from mlx_grpo.errors import UserError
-from mlx_grpo.export import Run
 from mlx_grpo.hub import hub_error_message, list_files, push_run
+from mlx_grpo.rundir import Run
 
 FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdef"
 ADAPTER_FILES = {

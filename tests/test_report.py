@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mlx_grpo import plots, report
+from mlx_grpo import plots, report, rundir
 from mlx_grpo.errors import UserError
 
 HOSTILE = "<script>document.title='PWN'+'ED'</script>"  # sets the title to PWNED only if it runs
@@ -171,11 +171,11 @@ def test_report_of_run_in_progress(tmp_path):
 def test_read_jsonl_skips_only_a_truncated_last_line(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"step": 1}\n\n{"step": 2}\n{"step": 3, "re')
-    assert [r["step"] for r in report.read_jsonl(path)] == [1, 2]
+    assert [r["step"] for r in rundir.read_jsonl(path)] == [1, 2]
     path.write_text('{"step": 1}\n{"step": 2, "re\n{"step": 3}\n')
     with pytest.raises(UserError, match=r"m\.jsonl:2"):
-        report.read_jsonl(path)
-    assert report.read_jsonl(tmp_path / "absent.jsonl") == []
+        rundir.read_jsonl(path)
+    assert rundir.read_jsonl(tmp_path / "absent.jsonl") == []
 
 
 @pytest.mark.parametrize(

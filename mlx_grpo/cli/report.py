@@ -8,6 +8,7 @@ import click
 
 from mlx_grpo.cli import cli
 from mlx_grpo.report import DEFAULT_PHRASES, build_report
+from mlx_grpo.rundir import PLOTS
 
 
 @cli.command()
@@ -25,4 +26,4 @@ def report(run_dir: str, output: str | None, phrases: str):
     """Write RUN_DIR/plots/*.png and an HTML report of the run (images embedded; opens offline)."""
     path = build_report(run_dir, output, phrases=tuple(p.strip() for p in phrases.split(",")))
     click.echo(f"wrote {path}")
-    click.echo(f"plots in {Path(run_dir) / 'plots'}")
+    click.echo(f"plots in {Path(run_dir) / PLOTS}")
