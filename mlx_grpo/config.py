@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ class TrainConfig:
     trust_remote_code: bool = False
     # --- data ------------------------------------------------------------------------------
     dataset: str = "Jiayi-Pan/Countdown-Tasks-3to4"  # hub id, local file, or "generate"
-    num_samples: int = 1000  # tasks drawn (after a seeded shuffle), as the original notebook
+    num_samples: int | None = None  # tasks drawn after a seeded shuffle; None: 1000, or all of a smaller dataset
     test_size: float = 0.1  # fraction of those held out for evaluation
     enable_thinking: bool = True  # Qwen3 chat-template switch
     prefill: str = ""  # text the assistant turn starts with, e.g. "<think>"
@@ -124,7 +125,7 @@ class TrainConfig:
                 self.dtype in ("auto", "float32", "bfloat16", "float16"),
                 "dtype must be auto, float32, bfloat16 or float16",
             ),
-            (self.num_samples >= 1, "num_samples must be positive"),
+            (self.num_samples is None or self.num_samples >= 1, "num_samples must be positive"),
             (0 < self.test_size < 1, "test_size must be a fraction in (0, 1)"),
             (self.lora_rank >= 1, "lora_rank must be positive"),
             (self.lora_scale > 0, "lora_scale must be positive"),
@@ -179,7 +180,7 @@ def _coerce_types(config: TrainConfig) -> None:
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     args = typing.get_args(hint)
-    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # `X | None` (types.UnionType) or Optional[X]
         if value is None:
             return None
         hint = next(a for a in args if a is not type(None))

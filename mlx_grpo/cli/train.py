@@ -11,6 +11,7 @@ import dataclasses
 import errno
 import json
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -27,7 +28,7 @@ _HELP = {
     "dtype": "Weight dtype; auto = float32 on CPU, as stored on GPU.",
     "trust_remote_code": "Allow models that need their own Python code.",
     "dataset": "Hub dataset id, local .jsonl/.json/.parquet/.csv file, or 'generate'.",
-    "num_samples": "Tasks drawn after a seeded shuffle (train + test).",
+    "num_samples": "Tasks drawn after a seeded shuffle (train + test); unset: 1000, or all of a smaller dataset.",
     "test_size": "Fraction of the tasks held out for evaluation.",
     "enable_thinking": "Qwen3 chat-template thinking switch.",
     "prefill": "Text the assistant turn starts with (e.g. '<think>').",
@@ -62,7 +63,7 @@ _CHOICES = {
 
 def _option(f: dataclasses.Field):
     hint = typing.get_type_hints(TrainConfig)[f.name]
-    if typing.get_origin(hint) is typing.Union:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # `X | None`: a flag of type X
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     flag = "--" + f.name.replace("_", "-")
     default = f.default_factory() if f.default is dataclasses.MISSING else f.default
