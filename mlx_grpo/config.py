@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,9 @@ class TrainConfig:
     dataset: str = _setting(
         "Jiayi-Pan/Countdown-Tasks-3to4", "Hub dataset id, local .jsonl/.json/.parquet/.csv file, or 'generate'."
     )
-    num_samples: int = _setting(1000, "Tasks drawn after a seeded shuffle (train + test), as the original notebook.")
+    num_samples: int | None = _setting(
+        None, "Tasks drawn after a seeded shuffle (train + test); unset: 1000, or all of a smaller dataset."
+    )
     test_size: float = _setting(0.1, "Fraction of the tasks held out for evaluation.")
     enable_thinking: bool = _setting(True, "Qwen3 chat-template thinking switch.")
     prefill: str = _setting("", "Text the assistant turn starts with (e.g. '<think>').")
@@ -133,7 +136,7 @@ class TrainConfig:
             (0 <= self.epsilon < 1, "epsilon must be in [0, 1)"),
             (self.epsilon_high is None or self.epsilon_high >= 0, "epsilon_high must be >= 0"),
             (self.num_iterations >= 1, "num_iterations must be at least 1"),
-            (self.num_samples >= 1, "num_samples must be positive"),
+            (self.num_samples is None or self.num_samples >= 1, "num_samples must be positive"),
             (0 < self.test_size < 1, "test_size must be a fraction in (0, 1)"),
             (self.lora_rank >= 1, "lora_rank must be positive"),
             (self.lora_scale > 0, "lora_scale must be positive"),
@@ -187,7 +190,7 @@ def _coerce_types(config: TrainConfig) -> None:
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     args = typing.get_args(hint)
-    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # `X | None` (types.UnionType) or Optional[X]
         if value is None:
             return None
         hint = next(a for a in args if a is not type(None))

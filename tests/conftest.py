@@ -5,6 +5,7 @@ Building takes ~30 ms; `mlx_lm.load` reads it offline like any Hugging Face fold
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -85,6 +86,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def offline_hf_home(tmp_path_factory, qwen3_tokenizer_dir, shared_data) -> Path:
+    """An HF_HOME where, offline, `Qwen/Qwen3-0.6B` is a tiny random Qwen3 with the real tokenizer and
+    `Jiayi-Pan/Countdown-Tasks-3to4` holds the real sample rows (layout: tests/hf_cache.py)."""
+    from hf_cache import cache_countdown, cache_tiny_qwen3
+
+    home = tmp_path_factory.mktemp("hf-home")
+    cache_tiny_qwen3(home, qwen3_tokenizer_dir)
+    cache_countdown(home, [json.loads(line) for line in (shared_data / "countdown_real_sample.jsonl").open()])
+    return home
 
 
 @pytest.fixture

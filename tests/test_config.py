@@ -40,6 +40,7 @@ def test_precedence_defaults_then_base_then_file_then_flags(tmp_path):
         ("- a\n- b\n", "must hold a mapping"),
         ("max_steps: [1\n", "cannot parse"),
         ("grad_accumulation: 3\n", "grad_accumulation must divide"),
+        ("num_samples: 0\n", "num_samples must be positive"),
     ],
 )
 def test_bad_config_files_give_one_line_errors(tmp_path, text, message):
@@ -53,3 +54,15 @@ def test_bad_config_files_give_one_line_errors(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UserError, match="config file not found"):
         read_config_file(tmp_path / "nope.yaml")
+
+
+def test_num_samples_left_unset_is_none_so_the_loader_picks_the_default():
+    assert TrainConfig().num_samples is None  # 1000, or all of a smaller dataset (countdown.data.load_tasks)
+    assert TrainConfig(num_samples=1000).num_samples == 1000
+
+
+def test_optional_fields_are_coerced_like_their_type():
+    # `float | None` is a types.UnionType, not a typing.Union: both must unwrap to the inner type
+    assert TrainConfig(epsilon_high="0.28").epsilon_high == 0.28  # a YAML "1e-5"-style string
+    with pytest.raises(UserError, match="num_samples must be an integer"):
+        TrainConfig(num_samples="many")

@@ -48,7 +48,7 @@ def test_real_sample_loads_2000_tasks_in_file_order(real_file):
     tasks = read_tasks(str(real_file))
     assert len(tasks) == 2000
     assert tasks[:2] == [Task(98, (44, 19, 35)), Task(64, (63, 95, 96))]
-    assert sorted(load_tasks(str(real_file)), key=repr) == sorted(tasks, key=repr)  # shuffled, all kept
+    assert sorted(load_tasks(str(real_file), num_samples=2000), key=repr) == sorted(tasks, key=repr)  # shuffled
 
 
 @pytest.mark.parametrize(
@@ -103,6 +103,47 @@ def test_selection_is_the_same_as_datasets_shuffle_then_select(real_file):
     assert load_tasks(str(real_file), seed=42, num_samples=100) == tasks  # reproducible
     assert load_tasks(str(real_file), seed=43, num_samples=100) != tasks
     assert load_tasks(str(real_file), seed=42, num_samples=10) == tasks[:10]
+
+
+def test_the_default_draws_1000_tasks_from_a_larger_source(real_file, capsys):
+    assert load_tasks(str(real_file), seed=3) == load_tasks(str(real_file), seed=3, num_samples=1000)
+    assert capsys.readouterr().err == ""
+
+
+def test_the_default_takes_every_task_of_a_smaller_source_and_says_so(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "t.jsonl", ROWS)
+    tasks = load_tasks(str(path), seed=5)
+    assert sorted(tasks, key=repr) == sorted(TASKS, key=repr)
+    assert tasks == load_tasks(str(path), seed=5, num_samples=3)  # the same seeded shuffle
+    assert capsys.readouterr().err == f"{path}: 3 tasks, fewer than the default num_samples (1000): using all of them\n"
+    assert_user_error(
+        lambda: load_tasks(str(path), num_samples=4), f"{path}: asked for 4 samples but it holds only 3 tasks"
+    )
+
+
+def test_a_dataset_in_the_datasets_cache_loads_offline(tmp_path, monkeypatch, capsys):
+    from hf_cache import DATASET_ID, cache_countdown
+
+    cache_countdown(tmp_path, ROWS)  # at datasets/Jiayi-Pan___countdown-tasks-3to4/...: its name is lower-cased
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    assert sorted(load_tasks(DATASET_ID), key=repr) == sorted(TASKS, key=repr)
+    assert (
+        f"{DATASET_ID}: 3 tasks, fewer than the default num_samples (1000): using all of them"
+        in capsys.readouterr().err
+    )
+    assert_user_error(lambda: load_tasks(DATASET_ID, num_samples=5), f"{DATASET_ID}: asked for 5 samples")
+
+
+def test_train_uses_all_of_a_small_dataset_unless_num_samples_asks_for_more(cli, tiny_model_path, tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", ROWS * 2)
+    train = ["train", "--model", tiny_model_path, "--dataset", path, "--max-steps", "1", "--batch-size", "1"]
+    train += ["--num-generations", "2", "--max-completion-length", "2", "--eval-samples", "1", "--quiet"]
+    code, _, err = cli(*train, "--output-dir", tmp_path / "run")
+    assert code == 0, err
+    assert f"{path}: 6 tasks, fewer than the default num_samples (1000): using all of them" in err
+    code, _, err = cli(*train, "--output-dir", tmp_path / "asks-for-more", "--num-samples", "7")
+    assert (code, err) == (2, f"error: {path}: asked for 7 samples but it holds only 6 tasks\n")
+    assert not (tmp_path / "asks-for-more").exists()
 
 
 def test_generate_source():

@@ -11,6 +11,7 @@ import dataclasses
 import errno
 import json
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def _help(name: str) -> str:
 
 def _option(f: dataclasses.Field):
     hint = typing.get_type_hints(TrainConfig)[f.name]
-    if typing.get_origin(hint) is typing.Union:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # `X | None`: a flag of type X
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     flag = "--" + f.name.replace("_", "-")
     default = f.default_factory() if f.default is dataclasses.MISSING else f.default

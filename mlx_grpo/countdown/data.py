@@ -1,7 +1,7 @@
 """Countdown tasks from a file, the Hugging Face Hub or the generator; selection, split, statistics.
 
 Sources (`load_tasks`):
-- "generate": `generate_tasks(num_samples or 1000, seed)` (already random: no shuffle).
+- "generate": `generate_tasks(num_samples or DEFAULT_SAMPLES, seed)` (already random: no shuffle).
 - a local file, by suffix (read here rather than by `datasets`, for exact line numbers and no cache):
   - .jsonl: one JSON object per line; blank lines are skipped; errors name the line.
   - .json: a list of objects, or {"data": [...]}, or JSON Lines (as `datasets` accepts); errors name
@@ -18,7 +18,8 @@ and 3.0 alike) are not integers.
 
 Selection, as the original notebook did it: shuffle with the seed exactly as `datasets`'
 `Dataset.shuffle(seed=seed)` does (NumPy `default_rng(seed).permutation`, so the same rows come
-out), then take the first `num_samples`.
+out), then take the first `num_samples`: DEFAULT_SAMPLES when not given, or every task of a source
+that holds fewer (one line on stderr says so); a number given larger than the source is an error.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import io
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,7 @@ from mlx_grpo.countdown.solver import MAX_NUMS, reaches, solvable_with_add_sub, 
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.errors import UserError
 
-DEFAULT_GENERATED = 1000
+DEFAULT_SAMPLES = 1000  # tasks drawn when num_samples is not given, as the original notebook
 _INT = re.compile(r"[+-]?\d+")
 
 
@@ -47,7 +49,8 @@ def load_tasks(source: str, *, seed: int = 0, num_samples: int | None = None) ->
     Args:
         source: "generate", a .jsonl/.json/.parquet/.csv path, or a Hugging Face dataset id.
         seed: shuffle seed (>= 0) for files and datasets; generator seed for "generate".
-        num_samples: how many tasks to keep (default: all; 1000 for "generate").
+        num_samples: how many tasks to keep. None: DEFAULT_SAMPLES, or all the tasks of a file or
+            dataset that holds fewer (said in one line on stderr).
 
     Returns:
         The selected tasks, in shuffled order.
@@ -59,11 +62,18 @@ def load_tasks(source: str, *, seed: int = 0, num_samples: int | None = None) ->
     if num_samples is not None and num_samples < 1:
         raise UserError(f"the number of samples must be >= 1, got {num_samples}")
     if source == "generate":
-        return generate_tasks(DEFAULT_GENERATED if num_samples is None else num_samples, seed)
+        return generate_tasks(DEFAULT_SAMPLES if num_samples is None else num_samples, seed)
     if seed < 0:
         raise UserError(f"the shuffle seed must be >= 0, got {seed}")
     tasks = read_tasks(source)
-    if num_samples is not None and num_samples > len(tasks):
+    if num_samples is None:
+        num_samples = min(DEFAULT_SAMPLES, len(tasks))
+        if num_samples < DEFAULT_SAMPLES:
+            print(
+                f"{source}: {num_samples} tasks, fewer than the default num_samples ({DEFAULT_SAMPLES}): using all of them",
+                file=sys.stderr,
+            )
+    elif num_samples > len(tasks):
         raise UserError(f"{source}: asked for {num_samples} samples but it holds only {len(tasks)} tasks")
     order = np.random.default_rng(seed).permutation(len(tasks))[:num_samples]
     return [tasks[i] for i in order]
@@ -256,11 +266,15 @@ def _read_hub(name: str) -> list[Task]:
 
 
 def _datasets_cached(name: str) -> bool:
-    """True when `datasets` has this id in its local cache (it can then load it offline)."""
+    """True when `datasets` has this id prepared in its local cache, where it looks for it offline:
+    HF_DATASETS_CACHE/NAMESPACE___snake_name/CONFIG/VERSION/HASH ("Jiayi-Pan___countdown-tasks-3to4":
+    the name is snake-cased and lower-cased, so a case-sensitive disk needs the same spelling)."""
     from datasets import config
+    from datasets.naming import camelcase_to_snakecase
 
-    folder = Path(config.HF_DATASETS_CACHE) / name.replace("/", "___")
-    return folder.is_dir()
+    namespace, _, dataset = name.rpartition("/")
+    folder = Path(config.HF_DATASETS_CACHE) / "___".join(filter(None, [namespace, camelcase_to_snakecase(dataset)]))
+    return any(version.is_dir() for version in folder.glob("*/*/*"))
 
 
 _READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet, ".csv": _read_csv}
