@@ -38,6 +38,7 @@ def step_metrics(step: int, episodes: Episodes, result: UpdateResult, times: dic
         "completion_length/mean": float(lengths.mean()),
         "completion_length/max": int(lengths.max()),
         "truncated_frac": float(np.mean(episodes.rollout.truncated.tolist())),
+        "forced_frac": float(np.mean(episodes.forced)),  # rows whose think block the budget closed
         "zero_adv_frac": flat_group_fraction(episodes.totals, episodes.group_size),
         "loss": result.loss,
         "kl": result.kl,
