@@ -83,7 +83,9 @@ class TrainConfig:
         1176, "Most tokens per completion: thought, stop text and answer (1024 + 24 + 128)."
     )
     max_thinking_tokens: int = _setting(
-        1024, "Thinking budget: a row still inside <think> after N tokens gets thinking_stop_text (0 = off)."
+        1024,
+        "Thinking budget: a row still inside <think> after N tokens gets thinking_stop_text appended "
+        "(0 = off; off too when not below max_completion_length).",
     )
     thinking_stop_text: str = _setting(
         QWEN3_THINKING_STOP_TEXT, "Appended by the sampler at the thinking budget; must contain </think> (Qwen3's)."

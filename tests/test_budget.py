@@ -176,6 +176,19 @@ def test_budget_off_or_out_of_reach_is_none(tiny_model):
         ThinkingBudget.of_config(TrainConfig(max_thinking_tokens=60, max_completion_length=64), tokenizer)
 
 
+def test_a_tokenizer_without_a_think_end_token_cannot_budget():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(set(QWEN3_THINKING_STOP_TEXT))
+    characters = Tokenizer(models.BPE({c: i for i, c in enumerate(chars)}, merges=[]))  # one token per character
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=characters)
+    assert len(tokenizer.encode("</think>", add_special_tokens=False)) == 8
+    with pytest.raises(UserError, match="needs </think> to be one token"):
+        ThinkingBudget.of_config(TrainConfig(), tokenizer)
+    assert ThinkingBudget.of_config(TrainConfig(max_thinking_tokens=0), tokenizer) is None  # off: no need
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [
