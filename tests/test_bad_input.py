@@ -1,4 +1,4 @@
-"""Bad input through the real command line (issue 7): every case is one line `error: ...` on
+"""Bad input through the real command line: every case is one line `error: ...` on
 stderr, exit code 2, no traceback, and not one file written or changed.
 
 Each case runs `mlx_grpo.cli.main` in-process (the same entry point as `python -m mlx_grpo`, with
