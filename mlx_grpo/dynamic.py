@@ -87,34 +87,32 @@ class DynamicSource:
         c = self.plain.config
         batch, num_tasks = c.batch_size, len(self.plain.tasks)
         rows, seed = task_indices(step, batch, num_tasks, c.seed), step_seed(c.seed, step)
-        kept, used, sampled, flat, surplus = [], set(), 0, 0, 0
+        rounds, used = [], set()  # rounds: (episodes, indices of the groups kept from them)
+        sampled = flat = surplus = 0
         for round_ in range(self.max_rounds):
             if round_:
-                count = round_size(batch - _count(kept), _count(kept) + surplus, sampled, batch)
+                count = round_size(batch - _count(rounds), _count(rounds) + surplus, sampled, batch)
                 rows, seed = round_draw(c.seed, step, round_, count, num_tasks, used)
                 if not rows:  # every train task was used by this step
                     break
             episodes = self.plain.sample(rows, seed)
             used.update(rows)
             mixed = informative_groups(signal_values(episodes, self.signal), c.num_generations)
-            take = mixed[: batch - _count(kept)]
-            kept.append((episodes, take))
-            sampled, flat, surplus = (
-                sampled + len(rows),
-                flat + len(rows) - len(mixed),
-                surplus + len(mixed) - len(take),
-            )
-            if _count(kept) == batch:
+            take = mixed[: batch - _count(rounds)]
+            rounds.append((episodes, take))
+            sampled += len(rows)
+            flat += len(rows) - len(mixed)
+            surplus += len(mixed) - len(take)
+            if _count(rounds) == batch:
                 break
-        stats = {"rounds": len(kept), "prompts": sampled, "groups_flat": flat, "groups_surplus": surplus}
-        if _count(kept) == 0:
-            first = kept[0][0]
-            return _with_stats(_select([(first, np.arange(len(first.tasks)))]), kept, stats, groups=0)
-        return _with_stats(_select([k for k in kept if len(k[1])]), kept, stats, groups=_count(kept))
+        stats = {"rounds": len(rounds), "prompts": sampled, "groups_flat": flat, "groups_surplus": surplus}
+        if _count(rounds) == 0:  # nothing informative: round 0 as sampled, a plain step
+            return _with_stats(rounds[0][0], rounds, stats, groups=0)
+        return _with_stats(_select([r for r in rounds if len(r[1])]), rounds, stats, groups=_count(rounds))
 
 
-def _count(kept) -> int:
-    return sum(len(groups) for _, groups in kept)
+def _count(rounds) -> int:
+    return sum(len(groups) for _, groups in rounds)
 
 
 def _with_stats(episodes: Episodes, rounds, stats: dict, *, groups: int) -> Episodes:
