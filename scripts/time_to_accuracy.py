@@ -92,21 +92,17 @@ def time_to(points: list[dict], target: float, key: str) -> float | None:
 
 def summarize(results: Path) -> str:
     runs = {(r["seed"], r["mode"]): r for r in map(json.loads, map(Path.read_text, sorted(results.glob("*.json"))))}
-    seeds = sorted({s for s, _ in runs})
     head = (
-        "| seed | plain: final acc (train s, steps, Mtok) | dynamic: final acc (train s, steps, Mtok) "
-        "| dynamic reaches plain's final: train s (x plain) | tokens (x plain) |"
+        "| seed | plain: final acc (train s, steps, M tokens) | dynamic: final acc (train s, steps, M tokens) "
+        "| dynamic reaches plain's final: train s (x plain), tokens (x plain) | ... plain's best |"
     )
     lines = [head, "|---|---|---|---|---|"]
-    for seed in seeds:
+    for seed in sorted({s for s, _ in runs}):
         plain, dyn = runs.get((seed, "plain")), runs.get((seed, "dynamic"))
-        if not plain or not dyn:
-            continue
-        target, end = plain["points"][-1]["accuracy"], plain["points"][-1]
-        t, n = time_to(dyn["points"], target, "train_s"), time_to(dyn["points"], target, "generated_tokens")
-        reach = "not reached" if t is None else f"{t:.0f} s ({t / end['train_s']:.2f}x)"
-        tokens = "-" if n is None else f"{n / 1e6:.2f} M ({n / end['generated_tokens']:.2f}x)"
-        lines.append(f"| {seed} | {_final(plain)} | {_final(dyn)} | {reach} | {tokens} |")
+        if plain and dyn:
+            best = max(p["accuracy"] for p in plain["points"])
+            cells = [_reached(dyn, plain, plain["points"][-1]["accuracy"]), _reached(dyn, plain, best)]
+            lines.append(f"| {seed} | {_final(plain)} | {_final(dyn)} | {' | '.join(cells)} |")
     lines += ["", "Where the training time went (seconds, summed over steps):", ""]
     lines += [
         "| seed | mode | steps | generate | score | update | s/step | generated tokens/step |",
@@ -119,6 +115,15 @@ def summarize(results: Path) -> str:
             f"{t['train_s'] / k:.1f} | {t['generated_tokens'] / k:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _reached(dyn: dict, plain: dict, target: float) -> str:
+    """When the dynamic run first reached `target`, against the plain run's whole time and tokens."""
+    t, n = time_to(dyn["points"], target, "train_s"), time_to(dyn["points"], target, "generated_tokens")
+    if t is None:
+        return f"{target:.3f}: not reached"
+    end = plain["points"][-1]
+    return f"{target:.3f}: {t:.0f} s ({t / end['train_s']:.2f}x), {n / 1e6:.3f} M ({n / end['generated_tokens']:.2f}x)"
 
 
 def _final(run: dict) -> str:
