@@ -108,6 +108,18 @@ class TrainConfig:
     epsilon: float = _setting(0.2, "ε: lower clip range of the ratio.")
     epsilon_high: float | None = _setting(None, "Upper clip range (DAPO clip-higher); default = epsilon.")
     num_iterations: int = _setting(1, "μ: updates per batch of generations.")
+    # --- dynamic sampling and overlong handling (DAPO) ------------------------------------------
+    dynamic_sampling: bool = _setting(
+        False, "Drop groups whose filter signal is the same for every completion; sample more prompts to refill."
+    )
+    dynamic_sampling_signal: str = _setting(
+        "correct", "Filter signal: correct (equation correctness), total (the weighted reward), or a reward name."
+    )
+    max_sampling_rounds: int = _setting(4, "Most sampling rounds per step with dynamic sampling (1 = filter only).")
+    mask_truncated_completions: bool = _setting(False, "Completions cut by the length cap contribute no loss.")
+    overlong_buffer: int | None = _setting(
+        None, "Tokens before the cap where the 'overlong' reward falls from 0 to -1; unset: a fifth of the cap."
+    )
     # --- optimisation ----------------------------------------------------------------------
     learning_rate: float = _setting(3e-6, "AdamW learning rate (LoRA wants ~10x a full fine-tune's; docs/recipe.md).")
     weight_decay: float = _setting(0.0, "AdamW weight decay.")
@@ -157,6 +169,11 @@ class TrainConfig:
             (0 <= self.epsilon < 1, "epsilon must be in [0, 1)"),
             (self.epsilon_high is None or self.epsilon_high >= 0, "epsilon_high must be >= 0"),
             (self.num_iterations >= 1, "num_iterations must be at least 1"),
+            (self.max_sampling_rounds >= 1, "max_sampling_rounds must be at least 1"),
+            (
+                self.overlong_buffer is None or 1 <= self.overlong_buffer <= self.max_completion_length,
+                "overlong_buffer must be in [1, max_completion_length]",
+            ),
             (self.num_samples is None or self.num_samples >= 1, "num_samples must be positive"),
             (0 < self.test_size < 1, "test_size must be a fraction in (0, 1)"),
             (self.lora_rank >= 1, "lora_rank must be positive"),

@@ -12,7 +12,7 @@ sampling is seeded from (seed, step). So a resumed run repeats exactly what an u
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlx.core as mx
 import numpy as np
@@ -38,6 +38,7 @@ class Episodes:
     totals: list[float]  # [R] weighted sum of the rewards
     group_size: int
     seconds: dict  # {"generate": ..., "score": ...} wall time of sampling and of decoding + rewards
+    sampling: dict = field(default_factory=dict)  # how a filtering source got these groups (dynamic.py)
 
     @property
     def num_rows(self) -> int:
@@ -93,11 +94,13 @@ def run_episodes(
     prefill: str = "",
     seed: int | None = None,
     eos_ids: list[int] | None = None,
+    overlong_buffer: int | None = None,
 ) -> Episodes:
     """Sample `group_size` completions per task, judge and score them.
 
     With `reward_set` None only the verdicts are computed (evaluation). `eos_ids` None: the
     tokenizer's stop tokens ([]: every row runs to the length cap, as the benchmark wants).
+    The rewards also get each row's token length, the cap and `overlong_buffer` (the overlong reward).
     """
     start = time.perf_counter()
     prompts, prompt_ids = encode_prompts(tokenizer, tasks, enable_thinking=enable_thinking, prefill=prefill)
@@ -115,7 +118,15 @@ def run_episodes(
     if reward_set is None:
         rewards, totals = {}, [0.0] * len(completions)
     else:
-        totals, rewards = reward_set.score(completions, row_tasks, prefixes, verdicts=verdicts)
+        totals, rewards = reward_set.score(
+            completions,
+            row_tasks,
+            prefixes,
+            verdicts=verdicts,
+            lengths=rollout.lengths.tolist(),
+            max_length=sampling.max_tokens,
+            overlong_buffer=overlong_buffer,
+        )
     seconds = {"generate": sampled - start, "score": time.perf_counter() - sampled}
     return Episodes(tasks, prompts, rollout, completions, verdicts, rewards, totals, group_size, seconds)
 
@@ -151,6 +162,11 @@ class EpisodeSource:
     def __call__(self, step: int) -> Episodes:
         c = self.config
         rows = task_indices(step, c.batch_size, len(self.tasks), c.seed)
+        return self.sample(rows, step_seed(c.seed, step))
+
+    def sample(self, rows: list[int], seed: int) -> Episodes:
+        """The episodes of the train tasks at `rows`, sampled with `seed`."""
+        c = self.config
         return run_episodes(
             self.model,
             self.tokenizer,
@@ -160,6 +176,7 @@ class EpisodeSource:
             reward_set=self.reward_set,
             enable_thinking=c.enable_thinking,
             prefill=c.prefill,
-            seed=step_seed(c.seed, step),
+            seed=seed,
             eos_ids=self.eos_ids,
+            overlong_buffer=c.overlong_buffer,
         )

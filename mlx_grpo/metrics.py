@@ -27,6 +27,7 @@ def step_metrics(step: int, episodes: Episodes, result: UpdateResult, times: dic
         memory: {"peak_memory_gb": ..., ...} as measured by the caller.
     """
     lengths = np.array(episodes.rollout.lengths.tolist())  # [R]
+    generated = episodes.sampling.get("generated_tokens", int(lengths.sum()))  # dropped groups' too
     totals = np.array(episodes.totals)  # [R]
     return {
         "step": step,
@@ -49,6 +50,8 @@ def step_metrics(step: int, episodes: Episodes, result: UpdateResult, times: dic
         "lr": lr,
         "skipped": result.skipped,
         **{f"time/{k}": round(v, 4) for k, v in times.items()},
-        "tokens_per_s": float(lengths.sum() / max(times["generate"], 1e-9)),
+        "generated_tokens": generated,
+        "tokens_per_s": float(generated / max(times["generate"], 1e-9)),
+        **{f"sampling/{k}": v for k, v in episodes.sampling.items() if k != "generated_tokens"},
         **memory,
     }

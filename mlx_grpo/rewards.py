@@ -4,7 +4,8 @@ A reward function takes the keyword arguments the trainer passes and returns one
 completion: `completions` (decoded text, stop token removed), `targets`, `nums_list`,
 `assistant_prefixes` (the part of the assistant turn already in the prompt), `verdicts` (the
 `countdown.scoring.Verdict` of each completion, judged once per step) and, when the caller has them,
-`prompts`. Built-in rewards (names for the `rewards` setting) read the verdicts, so no completion is
+`prompts`, and, from the trainer, `lengths` (each completion's generated tokens, stop token
+included), `max_length` (the length cap) and `overlong_buffer`. Built-in rewards (names for the `rewards` setting) read the verdicts, so no completion is
 parsed twice; called without them (the seed notebook's way) they judge the completions themselves:
 
 - "format" (`format_reward_func`): 1.0 when the whole assistant turn is
@@ -14,6 +15,9 @@ parsed twice; called without them (the seed notebook's way) they judge the compl
   equation that uses each number exactly once and equals the target exactly (`Verdict.correct`).
 - "equation_partial" (off by default): 1.0 when correct; for a valid equation that uses exactly the
   numbers but misses, `0.5 * max(0, 1 - |value - target| / max(|target|, 1))`; 0.0 otherwise.
+- "overlong" (off by default; DAPO's soft overlong punishment): 0 up to `max_length - buffer`
+  tokens, then falling linearly to -1 at the cap (`buffer` = `overlong_buffer`, default a fifth of
+  the cap). It reads `lengths` and `max_length`, so it scores only completions the trainer sampled.
 
 Custom rewards: `module:function` or `path/to/file.py:function`; any spec may end in `=WEIGHT`.
 """
@@ -83,6 +87,32 @@ def equation_partial_reward_func(
     return [_closeness(v.value, as_int(t)) for v, t in zip(verdicts, targets)]
 
 
+def overlong_reward_func(
+    completions: Sequence[str],
+    lengths: Sequence[int] | None = None,
+    max_length: int | None = None,
+    overlong_buffer: int | None = None,
+    **kwargs,
+) -> list[float]:
+    """DAPO's soft overlong penalty: `-clip((length - (max_length - buffer)) / buffer, 0, 1)` per completion.
+
+    Args:
+        completions: [R] completion texts (only their count is used).
+        lengths: [R] generated tokens per completion, stop token included.
+        max_length: the length cap the completions were sampled with.
+        overlong_buffer: tokens before the cap over which the penalty grows; None: max_length // 5.
+    Example: max_length 64, buffer 16: lengths 40, 48, 56, 64 -> 0.0, 0.0, -0.5, -1.0.
+    Raises:
+        UserError: called without `lengths` or `max_length` (outside the trainer).
+    """
+    if lengths is None or max_length is None:
+        raise UserError("the overlong reward needs each completion's token length and the cap (lengths, max_length)")
+    _check_lengths(completions, lengths=lengths)
+    buffer = max(1, max_length // 5) if overlong_buffer is None else overlong_buffer
+    start = max_length - buffer  # the penalty starts after this many tokens
+    return [-min(max(n - start, 0) / buffer, 1.0) for n in lengths]
+
+
 def _closeness(value: Fraction | None, target: int) -> float:
     if value is None:
         return 0.0
@@ -113,6 +143,7 @@ BUILTIN_REWARDS: dict[str, RewardFunc] = {
     "format": format_reward_func,
     "equation": equation_reward_func,
     "equation_partial": equation_partial_reward_func,
+    "overlong": overlong_reward_func,
 }
 DEFAULT_REWARDS = ("format", "equation")
 
@@ -217,11 +248,16 @@ class RewardSet:
         *,
         verdicts: Sequence[Verdict] | None = None,
         prompts: Sequence[str] | None = None,
+        lengths: Sequence[int] | None = None,
+        max_length: int | None = None,
+        overlong_buffer: int | None = None,
     ) -> tuple[list[float], dict[str, list[float]]]:
         """Score completions [R] of tasks [R] (one task per completion).
 
         `verdicts` [R] are the completions' `judge_all` verdicts when the caller has them already
-        (they are judged here otherwise); every reward function receives them.
+        (they are judged here otherwise); every reward function receives them. `lengths` [R]
+        (generated tokens), `max_length` (the cap) and `overlong_buffer` reach the reward functions
+        when given (the "overlong" reward needs the first two).
 
         Returns:
             (totals [R] weighted sums, {name: [R] unweighted values}) in `names` order.
@@ -239,7 +275,12 @@ class RewardSet:
         }
         if prompts is not None:
             kwargs["prompts"] = list(prompts)
+        if lengths is not None:
+            kwargs["lengths"] = [int(n) for n in lengths]
         _check_lengths(tasks, **kwargs)
+        for name, value in (("max_length", max_length), ("overlong_buffer", overlong_buffer)):
+            if value is not None:
+                kwargs[name] = value
         per_reward = {r.name: _checked(r.name, r.func(**kwargs), n) for r in self.rewards}
         totals = [sum(r.weight * per_reward[r.name][i] for r in self.rewards) for i in range(n)]
         return totals, per_reward

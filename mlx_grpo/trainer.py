@@ -32,6 +32,7 @@ from mlx_grpo import rundir
 from mlx_grpo.budget import ThinkingBudget
 from mlx_grpo.config import TrainConfig, memory_bytes, save_config
 from mlx_grpo.countdown.data import load_tasks, split_tasks
+from mlx_grpo.dynamic import DynamicSource, check_signal
 from mlx_grpo.episodes import Episodes, EpisodeSource, step_seed
 from mlx_grpo.errors import UserError
 from mlx_grpo.evaluate import evaluate
@@ -74,6 +75,7 @@ def prepare(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fals
         UserError: another process holds the run directory, or any check fails (the lock is released).
     """
     reward_set = RewardSet.from_specs(config.rewards)
+    check_signal(config.dynamic_sampling_signal, reward_set.names)
     check_model_source(config.model)
     lock = rundir.acquire_lock(config.output_dir)
     try:
@@ -136,7 +138,9 @@ def run(
 
 def _loop(training: Training, source, on_step, progress: bool) -> dict:
     c, run_dir = training.config, training.run_dir
-    source = source or EpisodeSource(training.model, training.tokenizer, training.train_tasks, c, training.reward_set)
+    plain = EpisodeSource(training.model, training.tokenizer, training.train_tasks, c, training.reward_set)
+    dynamic = DynamicSource(plain, c.dynamic_sampling_signal, c.max_sampling_rounds) if c.dynamic_sampling else None
+    source = source or dynamic or plain
     loss_and_grad = nn.value_and_grad(training.model, make_loss(c))
     start = _open_run_dir(training)
     stop = _StopFlag()

@@ -143,8 +143,11 @@ def update(model, optimizer, loss_and_grad, rollout: Rollout, advantages: mx.arr
     """μ = `config.num_iterations` clipped-loss updates on one batch (`advantages [R]`).
 
     `loss_and_grad` is `nn.value_and_grad(model, make_loss(config))`, built once per run.
+    With `mask_truncated_completions`, rows cut by the length cap count no tokens (DAPO).
     """
-    batches = micro_batches(rollout, advantages, config.grad_accumulation)
+    if config.mask_truncated_completions:
+        rollout = replace(rollout, mask=rollout.mask * ~rollout.truncated[:, None])  # [R, T]
+    batches = micro_batches(rollout, advantages, min(config.grad_accumulation, rollout.tokens.shape[0]))
     batches = with_fixed_logprobs(model, batches, config)
     normalizer = batch_normalizer(rollout.mask, config.loss_type, config.max_completion_length)
     results = [
