@@ -142,6 +142,7 @@ def _select(parts: list[tuple[Episodes, np.ndarray]]) -> Episodes:
         logps=mx.concatenate([_pad(e.rollout.logps[mx.array(r)], T) for e, r in rows]),
         lengths=mx.concatenate([e.rollout.lengths[mx.array(r)] for e, r in rows]),  # [R]
         truncated=mx.concatenate([e.rollout.truncated[mx.array(r)] for e, r in rows]),
+        forced=mx.concatenate([_pad(e.rollout.forced[mx.array(r)], T) for e, r in rows]),  # [R, T] bool
         prompts=PromptBatch.build(ids),
         group_size=G,
     )

@@ -93,7 +93,7 @@ def test_a_step_fills_its_batch_with_informative_groups(tiny_model_path, tmp_pat
     assert len({(t.target, tuple(t.nums)) for t in episodes.tasks}) == c.batch_size  # no task twice
     # the concatenated rollout is the rows as sampled: text, lengths and prompts line up
     r = episodes.rollout
-    assert r.tokens.shape == r.mask.shape == r.logps.shape
+    assert r.tokens.shape == r.mask.shape == r.logps.shape == r.forced.shape
     np.testing.assert_array_equal(np.array(r.mask.sum(axis=1)), np.array(r.lengths))
     for row, text in enumerate(episodes.completions):
         keep = int(r.lengths[row].item()) - (0 if r.truncated[row].item() else 1)
