@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import mlx.core as mx
 from tqdm import tqdm
 
+from mlx_grpo import distributed
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.episodes import run_episodes
 from mlx_grpo.sampling import SamplingOptions
@@ -27,20 +29,23 @@ def evaluate(
     """Score `tasks` with greedy decoding (and `pass_k` sampled tries when pass_k > 1).
 
     Greedy decoding is temperature 0. Results are fractions of tasks. When `samples`
-    is a list, one dict per task (prompt, completion, correct) is appended to it.
+    is a list, one dict per task (prompt, completion, correct) is appended to it. Under
+    `mlx.launch` each rank scores its block of the tasks and the counts are summed over ranks.
 
     Returns:
         {"accuracy", "format_rate", "equation_rate", "completion_length", "num_tasks"} and "pass@k"
         when asked. `equation_rate`: answers that are an equation using every number once, whatever
         its value (a bare result, or a number missing or used twice, is not).
     """
+    mine = distributed.shard(len(tasks))  # this rank's block: seeds follow the global positions
+    before = len(samples) if samples is not None else 0
     correct = well_formed = equations = length = 0
     solved_by_sampling = 0
     greedy_sampling, pass_sampling = SamplingOptions(max_tokens, 0.0), SamplingOptions(max_tokens, temperature)
     common = dict(enable_thinking=enable_thinking, prefill=prefill)
-    batches = range(0, len(tasks), batch_size)
+    batches = range(mine.start, mine.stop, batch_size)
     for start in tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False):
-        chunk = tasks[start : start + batch_size]
+        chunk = tasks[start : min(start + batch_size, mine.stop)]
         greedy = run_episodes(
             model, tokenizer, chunk, group_size=1, sampling=greedy_sampling, seed=seed + start, **common
         )
@@ -59,6 +64,10 @@ def evaluate(
             )
             hits = [any(sampled.correct[i * pass_k : (i + 1) * pass_k]) for i in range(len(chunk))]
             solved_by_sampling += sum(hits)
+    counts = [correct, well_formed, equations, length, solved_by_sampling]
+    correct, well_formed, equations, length, solved_by_sampling = distributed.all_sum(mx.array(counts)).tolist()
+    if samples is not None:  # every rank's, in task order
+        samples[before:] = [s for share in distributed.gather(samples[before:]) for s in share]
     n = max(len(tasks), 1)
     result = {
         "accuracy": correct / n,
