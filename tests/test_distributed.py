@@ -142,7 +142,10 @@ def test_two_ranks_equal_one_rank_with_the_same_global_batch(tiny_model_path, tm
     for rank in (0, 1):  # every rank holds the adapters rank 0 saved
         assert_same_adapters(load(tmp_path / f"two-{rank}.safetensors"), want, start)
     np.testing.assert_array_equal(
-        *[np.concatenate([v.ravel() for _, v in sorted(load(tmp_path / f"two-{r}.safetensors").items())]) for r in (0, 1)]
+        *[
+            np.concatenate([v.ravel() for _, v in sorted(load(tmp_path / f"two-{r}.safetensors").items())])
+            for r in (0, 1)
+        ]
     )
     assert_same_metrics(read_jsonl(two / "metrics.jsonl"), read_jsonl(one / "metrics.jsonl"))
     completions = [read_jsonl(d / "completions.jsonl") for d in (two, one)]
@@ -165,3 +168,63 @@ def test_two_rank_run_resumed_on_one_rank_ends_where_a_straight_run_ends(tiny_mo
     # (the first run's last step evaluated, as every run's last step does)
     got, want = read_jsonl(moved / "metrics.jsonl"), read_jsonl(straight / "metrics.jsonl")
     assert_same_metrics(got, want, ignore=(*TIMINGS, "eval/"))
+
+
+def cli_args(model_path, out, reward, *extra) -> list[str]:
+    args = [sys.executable, "-m", "mlx_grpo", "train", "--quiet", "--model", str(model_path), "--dataset", "generate"]
+    args += ["--reward", "format", "--reward", "equation", "--reward", reward, "--num-samples", "40"]
+    args += ["--batch-size", "4", "--num-generations", "4", "--max-completion-length", "12", "--eval-every", "0"]
+    return args + ["--save-every", "2", "--output-dir", str(out), "--seed", "3", *extra]
+
+
+def start_pair_until_checkpoint(args: list[str], out: Path, env: dict | None = None) -> list[subprocess.Popen]:
+    """Two ranks of `args`, returned once rank 0 has saved step 2 (the job is then in step 3 or later)."""
+    procs = [start(args, {**e, **(env or {})}) for e in ring_env(2)]
+    deadline = time.monotonic() + 300  # only catches a blow-up: a few seconds here
+    while not (out / "checkpoints" / "step-000002").is_dir():
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return procs
+
+
+def assert_one_line_exit(proc: subprocess.Popen, code: int, start_of_line: str) -> None:
+    """The process ends with `code`, its last line of stderr the reason, and no traceback (MLX's
+    own "[ring] ..." socket lines may come before it)."""
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err
+    assert err.splitlines()[-1].startswith(start_of_line), err
+    assert "Traceback" not in err
+
+
+def assert_resumes(model_path, out, reward) -> None:
+    """The last checkpoint loads: one process continues the run from it for one more step."""
+    last = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").iterdir())
+    args = cli_args(model_path, out, reward, "--max-steps", str(last + 1), "--resume")
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert read_jsonl(out / "metrics.jsonl")[-1]["step"] == last + 1
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_job_with_one_line_and_the_checkpoint_intact(tiny_model_path, tmp_path, spaces_reward):
+    out = tmp_path / "run"
+    rank0, rank1 = start_pair_until_checkpoint(cli_args(tiny_model_path, out, spaces_reward, "--max-steps", "500"), out)
+    rank1.send_signal(signal.SIGKILL)
+    rank1.wait()
+    assert_one_line_exit(rank0, 3, "error: rank 0: another rank of the job is gone")
+    assert_resumes(tiny_model_path, out, spaces_reward)
+
+
+@pytest.mark.slow
+def test_a_hung_rank_ends_the_job_within_the_peer_timeout(tiny_model_path, tmp_path, spaces_reward):
+    out = tmp_path / "run"
+    args = cli_args(tiny_model_path, out, spaces_reward, "--max-steps", "500")
+    rank0, rank1 = start_pair_until_checkpoint(args, out, env={"MLX_GRPO_PEER_TIMEOUT": "10"})
+    rank1.send_signal(signal.SIGSTOP)  # alive, its sockets open, answering nothing
+    try:
+        assert_one_line_exit(rank0, 3, "error: rank 0: no answer from the other ranks for 10 s")
+    finally:
+        rank1.kill()
+        rank1.wait()
+    assert_resumes(tiny_model_path, out, spaces_reward)
