@@ -228,3 +228,19 @@ def test_a_hung_rank_ends_the_job_within_the_peer_timeout(tiny_model_path, tmp_p
         rank1.kill()
         rank1.wait()
     assert_resumes(tiny_model_path, out, spaces_reward)
+
+
+@pytest.mark.slow
+def test_mlx_launch_runs_the_cli_as_one_job_that_rank_0_writes(tiny_model_path, tmp_path, spaces_reward):
+    out = tmp_path / "run"
+    with socket.socket() as s:  # the ring listens on this port and the next
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = [str(Path(sys.executable).parent / "mlx.launch"), "-n", "2", "--backend", "ring", "-p", str(port), "--"]
+    cli = [str(Path(sys.executable).parent / "mlx-grpo"), *cli_args(tiny_model_path, out, spaces_reward)[3:]]
+    done = subprocess.run([*launch, *cli, "--max-steps", "1"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0 and "exited with code" not in done.stderr, done.stderr
+    assert done.stdout.count("final metrics") == 1  # rank 0 reports
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1]
+    assert len(read_jsonl(out / "completions.jsonl")) == 4 * 4  # both ranks' groups, written once
+    assert not (out / ".lock").exists()
