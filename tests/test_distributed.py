@@ -244,3 +244,15 @@ def test_mlx_launch_runs_the_cli_as_one_job_that_rank_0_writes(tiny_model_path, 
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1]
     assert len(read_jsonl(out / "completions.jsonl")) == 4 * 4  # both ranks' groups, written once
     assert not (out / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_a_batch_that_does_not_split_into_whole_groups_is_one_line_on_every_rank(
+    tiny_model_path, tmp_path, spaces_reward
+):
+    args = cli_args(tiny_model_path, tmp_path / "run", spaces_reward)
+    args[args.index("--batch-size") + 1] = "3"
+    procs = [start(args, env) for env in ring_env(2)]
+    for proc in procs:
+        assert_one_line_exit(proc, 2, "error: batch_size 3 must be a multiple of the 2 ranks")
+    assert not (tmp_path / "run").exists()  # checked before anything is written
