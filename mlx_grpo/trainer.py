@@ -288,6 +288,11 @@ def _open_run_dir(training: Training) -> int:
     """Create or restore the run directory (rank 0); give every rank rank 0's adapters and optimizer
     state; return the last completed step (0 for a fresh run)."""
     step = _restore(training) if distributed.is_main() else 0
+    return _share_state(training, step)
+
+
+def _share_state(training: Training, step: int) -> int:
+    """Every rank takes rank 0's step, adapters and optimizer state (restored or freshly made)."""
     if distributed.world_size() == 1:
         return step
     model, optimizer = training.model, training.optimizer

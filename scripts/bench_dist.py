@@ -6,7 +6,8 @@ The same global batch (B prompts x G completions, the bundled weights/countdown-
 trained with one process, then with two ranks started by `mlx.launch --backend ring` on this
 machine, each process limited to one BLAS/OpenMP thread. Per step the trainer logs `time/step`
 (the slowest rank's); completions/s is B·G over its median after the warm-up steps, and the
-scaling efficiency is the 2-rank rate over twice the 1-rank rate. Both ranks share one machine's
+scaling efficiency is the 2-rank rate over twice the 1-rank rate. The CPU seconds of each whole run
+(all ranks) are printed too: on a loaded machine they say what the work cost where wall time cannot. Both ranks share one machine's
 cores and memory bandwidth here, so this is a same-machine figure, not a two-Mac one.
 """
 
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -51,14 +53,26 @@ def measure(world: int, steps: int, warmup: int, folder: Path) -> dict:
         launch = [str(BIN / "mlx.launch"), "-n", str(world), "--backend", "ring", "-p", str(free_port()), "--"]
         command = launch + command
     env = {**os.environ, **ONE_THREAD}
+    cpu_before = _children_cpu()
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
+    cpu = _children_cpu() - cpu_before
     if done.returncode != 0 or "exited with code" in done.stderr:
         sys.exit(f"{world}-rank run failed:\n{done.stderr[-2000:]}")
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     step_seconds = [m["time/step"] for m in lines if m["step"] > warmup]
     median = statistics.median(step_seconds)
     completions = WORKLOAD["batch_size"] * WORKLOAD["num_generations"]
-    return {"ranks": world, "step_s_median": median, "completions_per_s": completions / median}
+    return {
+        "ranks": world,
+        "step_s_median": median,
+        "completions_per_s": completions / median,
+        "cpu_s_whole_run": round(cpu, 1),  # every rank, start-up included: what the work costs, load aside
+    }
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -84,7 +98,8 @@ def main() -> None:
     }
     for r in results:
         print(
-            f"{r['ranks']} rank(s): {r['completions_per_s']:.1f} completions/s (median step {r['step_s_median']:.3f} s)"
+            f"{r['ranks']} rank(s): {r['completions_per_s']:.1f} completions/s "
+            f"(median step {r['step_s_median']:.3f} s; {r['cpu_s_whole_run']} CPU s for the whole run)"
         )
     print(f"scaling efficiency: {report['scaling_efficiency']:.0%} (same machine; load {report['load_average']})")
     if args.json:

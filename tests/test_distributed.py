@@ -256,3 +256,17 @@ def test_a_batch_that_does_not_split_into_whole_groups_is_one_line_on_every_rank
     for proc in procs:
         assert_one_line_exit(proc, 2, "error: batch_size 3 must be a multiple of the 2 ranks")
     assert not (tmp_path / "run").exists()  # checked before anything is written
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step_with_a_checkpoint(
+    tiny_model_path, tmp_path, spaces_reward
+):
+    out = tmp_path / "run"
+    rank0, rank1 = start_pair_until_checkpoint(cli_args(tiny_model_path, out, spaces_reward, "--max-steps", "500"), out)
+    rank1.send_signal(signal.SIGINT)
+    for proc in (rank0, rank1):
+        assert_one_line_exit(proc, 130, "interrupted after step")
+    last = read_jsonl(out / "metrics.jsonl")[-1]["step"]
+    assert (out / "checkpoints" / f"step-{last:06d}").is_dir()
+    assert_resumes(tiny_model_path, out, spaces_reward)
