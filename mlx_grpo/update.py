@@ -169,7 +169,7 @@ def _step(model, optimizer, loss_and_grad, batches: list[MicroBatch], normalizer
         loss = loss + mb_loss
         tokens = batch.mask.sum()  # the metrics are means over this micro-batch's active tokens
         token_sums = {k: token_sums[k] + mb_metrics[k] * tokens for k in _TOKEN_METRICS}
-    tokens = sum(b.mask.sum() for b in batches)
+    tokens = mx.array(sum(b.num_tokens for b in batches))
     # data parallel: this rank's rows are a share of the batch, normalised by the whole batch's denominator
     grads = distributed.sum_gradients(grads)
     loss, token_sums, tokens = distributed.all_sum((loss, token_sums, tokens))
