@@ -43,6 +43,7 @@ EXIT_PEER_TIMEOUT = 3
 _DEFAULT_PEER_TIMEOUT = 600.0
 
 _group = None
+_watchdog = None  # started with a group of more than one rank
 
 
 class PeerLost(UserError):
@@ -53,9 +54,12 @@ class PeerLost(UserError):
 
 def group():
     """This job's `mx.distributed` group (size 1 when not started by `mlx.launch`)."""
-    global _group
+    global _group, _watchdog
     if _group is None:
         _group = mx.distributed.init()
+        if _group.size() > 1:  # checks MLX_GRPO_PEER_TIMEOUT before the run starts
+            _watchdog = _Watchdog(peer_timeout())
+            _watchdog.start()
     return _group
 
 
@@ -183,16 +187,13 @@ class _Watchdog(threading.Thread):
             self.what = what or ""
 
 
-_watchdog: _Watchdog | None = None
-
-
 @contextmanager
 def waiting(what: str):
     """Bound a wait on the other ranks by the peer timeout."""
-    global _watchdog
-    if _watchdog is None:
-        _watchdog = _Watchdog(peer_timeout())
-        _watchdog.start()
+    group()
+    if _watchdog is None:  # one process: nobody to wait for
+        yield
+        return
     _watchdog.arm(what)
     try:
         yield

@@ -259,6 +259,14 @@ def test_a_batch_that_does_not_split_into_whole_groups_is_one_line_on_every_rank
 
 
 @pytest.mark.slow
+def test_a_peer_timeout_that_is_not_a_number_is_one_line_on_every_rank(tiny_model_path, tmp_path, spaces_reward):
+    args = cli_args(tiny_model_path, tmp_path / "run", spaces_reward)
+    procs = [start(args, {**env, "MLX_GRPO_PEER_TIMEOUT": "soon"}) for env in ring_env(2)]
+    for proc in procs:
+        assert_one_line_exit(proc, 2, "error: MLX_GRPO_PEER_TIMEOUT must be a number of seconds (got 'soon')")
+
+
+@pytest.mark.slow
 def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step_with_a_checkpoint(
     tiny_model_path, tmp_path, spaces_reward
 ):
