@@ -21,6 +21,11 @@ from mlx_grpo.errors import UserError
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
 SCALE_REWARDS = ("group", "batch", "none")
 _MEMORY_UNITS = {"GB": 2**30, "G": 2**30, "MB": 2**20, "M": 2**20}
+# Qwen's documented early-stop text for budgeted thinking, verbatim (docs/recipe.md, [S1]): 24 tokens
+QWEN3_THINKING_STOP_TEXT = (
+    "\n\nConsidering the limited time by the user, I have to give the solution based on the thinking directly now."
+    "\n</think>\n\n"
+)
 
 
 def memory_bytes(text: str) -> int:
@@ -68,14 +73,27 @@ class TrainConfig:
     )
     test_size: float = _setting(0.1, "Fraction of the tasks held out for evaluation.")
     enable_thinking: bool = _setting(True, "Qwen3 chat-template thinking switch.")
-    prefill: str = _setting("", "Text the assistant turn starts with (e.g. '<think>').")
+    prefill: str = _setting(
+        "<think>\n", "Text the assistant turn starts with (every row starts inside its think block)."
+    )
     # --- rollout ---------------------------------------------------------------------------
     batch_size: int = _setting(4, "B: prompts per step.")
     num_generations: int = _setting(8, "G: completions per prompt (>= 2).")
-    max_completion_length: int = _setting(512, "Most tokens per completion.")
-    temperature: float = _setting(1.0, "Sampling temperature (the update's log-probs use the same).")
-    top_p: float = _setting(1.0, "Nucleus sampling mass (1 = off).")
-    top_k: int = _setting(0, "Sample from the k most likely tokens only (0 = off).")
+    max_completion_length: int = _setting(
+        1176, "Most tokens per completion: thought, stop text and answer (1024 + 24 + 128)."
+    )
+    max_thinking_tokens: int = _setting(
+        1024,
+        "Thinking budget: a row still inside <think> after N tokens gets thinking_stop_text appended "
+        "(0 = off; off too when not below max_completion_length).",
+    )
+    thinking_stop_text: str = _setting(
+        QWEN3_THINKING_STOP_TEXT, "Appended by the sampler at the thinking budget; must contain </think> (Qwen3's)."
+    )
+    max_answer_tokens: int = _setting(128, "Most tokens after the think block closes (with the thinking budget on).")
+    temperature: float = _setting(0.6, "Sampling temperature (the update's log-probs use the same).")
+    top_p: float = _setting(0.95, "Nucleus sampling mass (1 = off).")
+    top_k: int = _setting(20, "Sample from the k most likely tokens only (0 = off).")
     # --- objective -------------------------------------------------------------------------
     rewards: list = _setting(
         None,
@@ -91,7 +109,7 @@ class TrainConfig:
     epsilon_high: float | None = _setting(None, "Upper clip range (DAPO clip-higher); default = epsilon.")
     num_iterations: int = _setting(1, "μ: updates per batch of generations.")
     # --- optimisation ----------------------------------------------------------------------
-    learning_rate: float = _setting(5e-5, "AdamW learning rate (LoRA wants 10-100x a full fine-tune's).")
+    learning_rate: float = _setting(3e-6, "AdamW learning rate (LoRA wants ~10x a full fine-tune's; docs/recipe.md).")
     weight_decay: float = _setting(0.0, "AdamW weight decay.")
     warmup_steps: int = _setting(0, "Linear learning-rate warm-up steps.")
     max_grad_norm: float = _setting(1.0, "Clip the gradient to this global norm.")
@@ -127,6 +145,9 @@ class TrainConfig:
             ),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.max_completion_length >= 1, "max_completion_length must be positive"),
+            (self.max_thinking_tokens >= 0, "max_thinking_tokens must be >= 0 (0 = off)"),
+            (self.max_answer_tokens >= 1, "max_answer_tokens must be positive"),
+            ("</think>" in self.thinking_stop_text, "thinking_stop_text must contain </think>"),
             (self.max_steps >= 1, "max_steps must be positive"),
             (self.temperature > 0, "temperature must be positive"),
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),

@@ -21,6 +21,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_grpo import distributed
+from mlx_grpo.budget import THINK_END
 from mlx_grpo.countdown.prompts import Prompt, build_prompt
 from mlx_grpo.countdown.scoring import Verdict, judge_all
 from mlx_grpo.countdown.tasks import Task
@@ -36,7 +37,7 @@ class Episodes:
     tasks: list[Task]  # [B]
     prompts: list[Prompt]  # [B]
     rollout: Rollout  # tokens/mask/logps [R, T], R = B*G in group-major order
-    completions: list[str]  # [R] decoded completion text, stop token removed
+    completions: list[str]  # [R] decoded completion text, stop token removed, forced stop text kept
     verdicts: list[Verdict]  # [R] well formed / equation / correct, judged once
     rewards: dict[str, list[float]]  # reward name -> [R] unweighted values
     totals: list[float]  # [R] weighted sum of the rewards
@@ -55,6 +56,10 @@ class Episodes:
     def well_formed(self) -> list[bool]:  # [R] the format check is met
         return [v.well_formed for v in self.verdicts]
 
+    @property
+    def forced(self) -> list[bool]:  # [R] the thinking budget closed the think block
+        return [v.forced_close for v in self.verdicts]
+
     def row_task(self, row: int) -> Task:
         return self.tasks[row // self.group_size]
 
@@ -71,7 +76,8 @@ def encode_prompts(
 
 
 def decode_completions(tokenizer, rollout: Rollout) -> list[str]:
-    """Text of each row's completion without its stop token (the token stays in the trained sequence)."""
+    """Text of each row's completion without its stop token (the token stays in the trained sequence);
+    the thinking budget's stop text stays in it, so the answer is read after it."""
     tokens = rollout.tokens.tolist()
     texts = []
     for row, length, truncated in zip(tokens, rollout.lengths.tolist(), rollout.truncated.tolist()):
@@ -101,6 +107,8 @@ def run_episodes(
     start = time.perf_counter()
     prompts, prompt_ids = encode_prompts(tokenizer, tasks, enable_thinking=enable_thinking, prefill=prefill)
     eos_ids = sorted(tokenizer.eos_token_ids) if eos_ids is None else eos_ids
+    if any(THINK_END in p.assistant_prefix for p in prompts):  # thinking off: the prompt closed the block
+        sampling = sampling.without_budget()
     with adapters_merged(model):  # small models: LoRA's extra ops are ~7% of sampling
         rollout = generate(model, prompt_ids, group_size=group_size, sampling=sampling, eos_ids=eos_ids, seed=seed)
         mx.eval(rollout.tokens, rollout.logps)
@@ -108,7 +116,7 @@ def run_episodes(
     completions = decode_completions(tokenizer, rollout)
     row_tasks = [tasks[r // group_size] for r in range(len(completions))]
     prefixes = [prompts[r // group_size].assistant_prefix for r in range(len(completions))]
-    verdicts = judge_all(completions, row_tasks, prefixes)
+    verdicts = judge_all(completions, row_tasks, prefixes, rollout.forced_rows.tolist())
     if reward_set is None:
         rewards, totals = {}, [0.0] * len(completions)
     else:
@@ -163,7 +171,7 @@ class EpisodeSource:
             self.tokenizer,
             tasks,
             group_size=c.num_generations,
-            sampling=SamplingOptions.of_config(c),
+            sampling=SamplingOptions.of_config(c, self.tokenizer),
             reward_set=self.reward_set,
             enable_thinking=c.enable_thinking,
             prefill=c.prefill,
@@ -190,6 +198,7 @@ def join_episodes(parts: list[Episodes]) -> Episodes:
         mx.concatenate([r.truncated for r in rollouts]),
         PromptBatch.build([ids for r in rollouts for ids in r.prompts.ids]),
         parts[0].group_size,
+        stacked("forced"),
     )
     return Episodes(
         [t for p in parts for t in p.tasks],

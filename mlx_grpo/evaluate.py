@@ -1,4 +1,7 @@
-"""Held-out evaluation: greedy pass@1 accuracy, format rate, equation rate, completion length, optional pass@k."""
+"""Held-out evaluation: greedy pass@1 accuracy, format rate, equation rate, completion length, optional pass@k.
+
+With a thinking budget, both the greedy and the sampled pass run under it, as training's rollout does.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import mlx.core as mx
 from tqdm import tqdm
 
 from mlx_grpo import distributed
+from mlx_grpo.budget import ThinkingBudget
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.episodes import run_episodes
 from mlx_grpo.sampling import SamplingOptions
@@ -25,23 +29,25 @@ def evaluate(
     seed: int = 0,
     progress: bool = False,
     samples: list | None = None,
+    budget: ThinkingBudget | None = None,
 ) -> dict:
     """Score `tasks` with greedy decoding (and `pass_k` sampled tries when pass_k > 1).
 
-    Greedy decoding is temperature 0. Results are fractions of tasks. When `samples`
+    Greedy decoding is temperature 0. Results are fractions of tasks. `budget`: the thinking budget (None: off). When `samples`
     is a list, one dict per task (prompt, completion, correct) is appended to it. Under
     `mlx.launch` each rank scores its block of the tasks and the counts are summed over ranks.
 
     Returns:
-        {"accuracy", "format_rate", "equation_rate", "completion_length", "num_tasks"} and "pass@k"
-        when asked. `equation_rate`: answers that are an equation using every number once, whatever
+        {"accuracy", "format_rate", "equation_rate", "completion_length", "forced_frac", "num_tasks"} and
+        "pass@k" when asked. `forced_frac`: greedy rows whose think block the budget closed. `equation_rate`: answers that are an equation using every number once, whatever
         its value (a bare result, or a number missing or used twice, is not).
     """
     mine = distributed.shard(len(tasks))  # this rank's block: seeds follow the global positions
     before = len(samples) if samples is not None else 0
-    correct = well_formed = equations = length = 0
+    correct = well_formed = equations = length = forced = 0
     solved_by_sampling = 0
-    greedy_sampling, pass_sampling = SamplingOptions(max_tokens, 0.0), SamplingOptions(max_tokens, temperature)
+    greedy_sampling = SamplingOptions(max_tokens, 0.0, budget=budget)
+    pass_sampling = SamplingOptions(max_tokens, temperature, budget=budget)
     common = dict(enable_thinking=enable_thinking, prefill=prefill)
     batches = range(mine.start, mine.stop, batch_size)
     for start in tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False):
@@ -52,6 +58,7 @@ def evaluate(
         correct += sum(v.correct for v in greedy.verdicts)
         well_formed += sum(v.well_formed for v in greedy.verdicts)
         equations += sum(v.is_equation for v in greedy.verdicts)
+        forced += sum(greedy.forced)
         length += int(greedy.rollout.lengths.sum().item())
         if samples is not None:
             samples.extend(
@@ -64,8 +71,8 @@ def evaluate(
             )
             hits = [any(sampled.correct[i * pass_k : (i + 1) * pass_k]) for i in range(len(chunk))]
             solved_by_sampling += sum(hits)
-    counts = [correct, well_formed, equations, length, solved_by_sampling]
-    correct, well_formed, equations, length, solved_by_sampling = distributed.all_sum(mx.array(counts)).tolist()
+    counts = mx.array([correct, well_formed, equations, length, forced, solved_by_sampling])
+    correct, well_formed, equations, length, forced, solved_by_sampling = distributed.all_sum(counts).tolist()
     if samples is not None:  # every rank's, in task order
         samples[before:] = [s for share in distributed.gather(samples[before:]) for s in share]
     n = max(len(tasks), 1)
@@ -74,6 +81,7 @@ def evaluate(
         "format_rate": well_formed / n,
         "equation_rate": equations / n,
         "completion_length": length / n,
+        "forced_frac": forced / n,
         "num_tasks": len(tasks),
     }
     if pass_k > 1:

@@ -28,6 +28,7 @@ def row_values(episodes: Episodes) -> dict[str, list]:
         "well_formed": episodes.well_formed,
         "lengths": episodes.rollout.lengths.tolist(),
         "truncated": episodes.rollout.truncated.tolist(),
+        "forced": episodes.forced,
     }
 
 
@@ -61,6 +62,7 @@ def step_metrics(
         "completion_length/mean": float(lengths.mean()),
         "completion_length/max": int(lengths.max()),
         "truncated_frac": float(np.mean(rows["truncated"])),
+        "forced_frac": float(np.mean(rows["forced"])),  # rows whose think block the budget closed
         "zero_adv_frac": flat_group_fraction(rows["totals"], group_size),
         "loss": result.loss,
         "kl": result.kl,

@@ -8,7 +8,8 @@ completion: `completions` (decoded text, stop token removed), `targets`, `nums_l
 parsed twice; called without them (the seed notebook's way) they judge the completions themselves:
 
 - "format" (`format_reward_func`): 1.0 when the whole assistant turn is
-  `<think>THOUGHT</think>\\n<answer>ANSWER</answer>` and nothing else (`Verdict.well_formed`), else 0.0.
+  `<think>THOUGHT</think>\\n<answer>ANSWER</answer>` ("\\n\\n" passes too) and nothing else, and the
+  model closed its think block itself (`Verdict.well_formed`), else 0.0.
 - "equation" (`equation_reward_func`): 1.0 when the first `<answer>...</answer>` block holds an
   equation that uses each number exactly once and equals the target exactly (`Verdict.correct`).
 - "equation_partial" (off by default): 1.0 when correct; for a valid equation that uses exactly the
@@ -42,7 +43,9 @@ def format_reward_func(
     verdicts: Sequence[Verdict] | None = None,
     **kwargs,
 ) -> list[float]:
-    """1.0 per completion whose assistant turn is exactly `<think>…</think>\\n<answer>…</answer>`, else 0.0.
+    """1.0 per completion whose assistant turn is exactly `<think>…</think>\\n<answer>…</answer>`, else 0.0
+    ("\\n\\n" after `</think>` passes too; a think block the thinking budget closed never does, which
+    only the verdicts know: see `countdown.scoring`).
 
     Args:
         completions: [R] completion texts.

@@ -12,8 +12,10 @@ the host reads the "every row stopped" flag every CHECK_EVERY steps, one step be
 when every row has stopped.
 
 Tokens are drawn by `mlx_grpo.sampling.sample`, whose log-probs are those of the distribution sampled
-from. A stop token is kept (mask 1); later slots are padding (token 0, mask 0). `scripts/bench.py`
-measures the speed against mlx-lm's `batch_generate`.
+from. A stop token is kept (mask 1); later slots are padding (token 0, mask 0). With a thinking
+budget the same step writes the early-stop text into the rows that reach it (`mlx_grpo.budget`):
+those tokens are kept, with mask 0 and log-prob 0. `scripts/bench.py` measures the speed against
+mlx-lm's `batch_generate`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlx_grpo import budget as think
 from mlx_grpo.layout import PromptBatch, pad_slots
 from mlx_grpo.logprobs import hidden_states, output_layer, prompt_pass
 from mlx_grpo.sampling import SamplingOptions, sample
@@ -38,10 +41,12 @@ class Rollout:
     """Sampled completions, R = B * group_size rows in group-major order.
 
     tokens: `[R, T]` int32 right-padded with 0; T = the longest completion.
-    mask: `[R, T]` float32, 1 on generated tokens including the stop token.
-    logps: `[R, T]` float32 log-prob of each token under the distribution it was sampled from (0 on padding).
-    lengths: `[R]` int32 generated tokens per row (stop token included).
-    truncated: `[R]` bool, True where the row hit `max_tokens` without a stop token.
+    mask: `[R, T]` float32, 1 on the tokens the model wrote, the stop token included (the loss mask).
+    logps: `[R, T]` float32 log-prob of each token under the distribution it was sampled from (0 on
+        padding and forced tokens).
+    lengths: `[R]` int32 tokens per row (stop token and forced tokens included).
+    truncated: `[R]` bool, True where the row hit `max_tokens` or the answer budget without a stop token.
+    forced: `[R, T]` bool, True on the thinking budget's stop-text tokens (in `tokens`, mask 0).
     prompts: the B prompts in the padded layout they were prefilled in; row r continues prompt r // group_size.
     """
 
@@ -52,6 +57,12 @@ class Rollout:
     truncated: mx.array
     prompts: PromptBatch
     group_size: int
+    forced: mx.array
+
+    @property
+    def forced_rows(self) -> mx.array:
+        """`[R]` bool: the sampler closed the row's think block (it reached the thinking budget)."""
+        return self.forced.any(axis=1)
 
 
 class _SlotCache:
@@ -77,34 +88,35 @@ class _SlotCache:
 class _Decoder:
     """Compiled sample and decode steps for one model and one sampling setting."""
 
-    def __init__(self, model: nn.Module, greedy: bool, top_k: int, use_top_p: bool):
+    def __init__(self, model: nn.Module, greedy: bool, top_k: int, use_top_p: bool, budgeted: bool):
         self.model = weakref.ref(model)
-        self._greedy, self._top_k, self._use_top_p = greedy, top_k, use_top_p
+        self._greedy, self._top_k, self._use_top_p, self._budgeted = greedy, top_k, use_top_p, budgeted
         self._weights: list = []  # holds model.state during a step, so that updated weights are inputs
         self._sample_fn = mx.compile(self._sample)
         self._step_fn = mx.compile(self._step, inputs=self._weights)
 
-    def sample(self, logits, done, lengths, key, temperature, top_p, eos):
+    def sample(self, logits, state, key, settings):
         """Sample the next token of every row; finished rows get pad 0 and log-prob 0.
 
-        Returns `(tokens [R], logps [R], done [R], lengths [R], key)`.
+        `state` is `(done, lengths, phase, answer_left)`, `[R]` each (phase and answer_left: see
+        `mlx_grpo.budget`; untouched without a budget); `settings` is `(temperature, top_p, eos, limits)`.
+        Returns `(tokens [R], logps [R], forced [R], state, key)`.
         """
-        return self._sample_fn(logits, done, lengths, key, temperature, top_p, eos)
+        return self._sample_fn(logits, state, key, settings)
 
-    def step(self, tokens, keys, values, slot, prompt_pad, pad_start, done, lengths, key, temperature, top_p, eos):
+    def step(self, tokens, keys, values, slot, prompt_pad, pad_start, state, key, settings):
         """Feed the last tokens `[R]`, write their keys/values at `slot`, sample the next tokens.
 
         Returns `sample`'s outputs, then the updated keys, values and slot + 1.
         """
         self._weights.append(self.model().state)
         try:
-            return self._step_fn(
-                tokens, keys, values, slot, prompt_pad, pad_start, done, lengths, key, temperature, top_p, eos
-            )
+            return self._step_fn(tokens, keys, values, slot, prompt_pad, pad_start, state, key, settings)
         finally:
             self._weights.clear()
 
-    def _sample(self, logits, done, lengths, key, temperature, top_p, eos):
+    def _sample(self, logits, state, key, settings):
+        (done, lengths, phase, answer_left), (temperature, top_p, eos, limits) = state, settings
         key, sub = mx.random.split(key)
         if self._greedy:
             tokens, logps = mx.argmax(logits, axis=-1).astype(mx.int32), mx.zeros(logits.shape[:1])
@@ -112,18 +124,23 @@ class _Decoder:
             tokens, logps = sample(
                 logits, sub, temperature, top_k=self._top_k, top_p=top_p if self._use_top_p else None
             )
-        live = ~done
+        live = ~done & (phase != think.CAPPED)  # [R]
+        forced = mx.zeros(live.shape, mx.bool_)
+        if self._budgeted:
+            tokens, logps, forced, new_phase, left = think.advance(tokens, logps, lengths, phase, answer_left, limits)
+            forced = forced & live
+            phase, answer_left = mx.where(live, new_phase, phase), mx.where(live, left, answer_left)
         tokens = mx.where(live, tokens, 0)
         logps = mx.where(live, logps, 0.0)
-        done = done | (tokens[:, None] == eos[None]).any(axis=-1)
-        return tokens, logps, done, lengths + live.astype(mx.int32), key
+        done = done | (live & ~forced & (tokens[:, None] == eos[None]).any(axis=-1))
+        return tokens, logps, forced, (done, lengths + live.astype(mx.int32), phase, answer_left), key
 
-    def _step(self, tokens, keys, values, slot, prompt_pad, pad_start, done, lengths, key, temperature, top_p, eos):
+    def _step(self, tokens, keys, values, slot, prompt_pad, pad_start, state, key, settings):
         model = self.model()
         caches = [_SlotCache(k, v, slot, prompt_pad, pad_start) for k, v in zip(keys, values)]
         hidden = hidden_states(model, tokens[:, None], caches)[:, -1]  # [R, H]
         logits = output_layer(model)[1](hidden).astype(mx.float32)  # [R, V]
-        out = self._sample(logits, done, lengths, key, temperature, top_p, eos)
+        out = self._sample(logits, state, key, settings)
         return (*out, [c.keys for c in caches], [c.values for c in caches], slot + 1)
 
 
@@ -140,14 +157,14 @@ def _signature(model: nn.Module) -> tuple:
     )
 
 
-def _decoder(model: nn.Module, greedy: bool, top_k: int, use_top_p: bool) -> _Decoder:
+def _decoder(model: nn.Module, greedy: bool, top_k: int, use_top_p: bool, budgeted: bool) -> _Decoder:
     """The cached compiled decoder for this model object, its structure and the sampling flags."""
-    key = (id(model), _signature(model), greedy, top_k, use_top_p)
+    key = (id(model), _signature(model), greedy, top_k, use_top_p, budgeted)
     decoder = _DECODERS.get(key)
     if decoder is None or decoder.model() is not model:
         for stale in [k for k, d in _DECODERS.items() if d.model() is None]:
             del _DECODERS[stale]
-        decoder = _DECODERS[key] = _Decoder(model, greedy, top_k, use_top_p)
+        decoder = _DECODERS[key] = _Decoder(model, greedy, top_k, use_top_p, budgeted)
     return decoder
 
 
@@ -191,7 +208,8 @@ def generate(
         model: an mlx-lm causal LM (LoRA layers allowed; see `mlx_grpo.logprobs` for what is assumed).
         prompt_ids: B prompts as token-id lists, any lengths.
         group_size: completions per prompt (G).
-        sampling: length cap, temperature, top-p and top-k.
+        sampling: length cap, temperature, top-p, top-k and the thinking budget (every row starts
+            inside its think block; with thinking off, pass none).
         eos_ids: stop tokens (may be empty: every row runs to max_tokens).
         seed: PRNG seed; None draws one from MLX's global generator (so `mx.random.seed` reproduces).
 
@@ -215,39 +233,45 @@ def generate(
 def _rollout(model, prompts: PromptBatch, group_size, options: SamplingOptions, eos_ids, seed) -> Rollout:
     """Prefill once, then decode all rows until every row stopped or max_tokens were generated."""
     R, P = len(prompts.ids) * group_size, prompts.tokens.shape[1]
-    decoder = _decoder(model, options.greedy, options.top_k, options.top_p < 1)
+    decoder = _decoder(model, options.greedy, options.top_k, options.top_p < 1, options.budget is not None)
     logits, keys, values = _prefill(model, prompts.tokens, prompts.pad, group_size, prompts.shared)
     row_pad, pad_start = mx.repeat(prompts.pad, group_size), mx.array([prompts.shared], mx.int32)  # [R], [1]
     eos = mx.array(sorted(set(eos_ids)) or [-1], dtype=mx.int32)
     temperature = mx.array(max(options.temperature, 1e-30), mx.float32)
-    sampling = (temperature, mx.array(options.top_p, mx.float32), eos)
+    limits = think.no_limits() if options.budget is None else options.budget.limits(options.max_tokens)
+    settings = (temperature, mx.array(options.top_p, mx.float32), eos, limits)
 
-    done, lengths, key = mx.zeros((R,), mx.bool_), mx.zeros((R,), mx.int32), mx.random.key(seed)
-    tokens, logps, done, lengths, key = decoder.sample(logits, done, lengths, key, *sampling)
+    state = (mx.zeros((R,), mx.bool_), mx.zeros((R,), mx.int32), *think.initial_state(R))  # done, lengths, budget
+    tokens, logps, forced, state, key = decoder.sample(logits, state, mx.random.key(seed), settings)
     slot = mx.array([P], mx.int32)
-    out_tokens, out_logps, all_done = [tokens], [logps], [done.all()]
+    out, all_done = [(tokens, logps, forced)], [_finished(state).all()]
     for step in range(1, options.max_tokens):
         if P + step > keys[0].shape[2]:  # the buffer is full: grow it by one bucket (one more compile)
             keys = [_with_capacity(k, k.shape[2] + CAPACITY_BUCKET) for k in keys]
             values = [_with_capacity(v, v.shape[2] + CAPACITY_BUCKET) for v in values]
-        tokens, logps, done, lengths, key, keys, values, slot = decoder.step(
-            tokens, keys, values, slot, row_pad, pad_start, done, lengths, key, *sampling
+        tokens, logps, forced, state, key, keys, values, slot = decoder.step(
+            tokens, keys, values, slot, row_pad, pad_start, state, key, settings
         )
-        all_done.append(done.all())
-        mx.async_eval(tokens, logps, all_done[-1], keys, values)
-        out_tokens.append(tokens)
-        out_logps.append(logps)
+        all_done.append(_finished(state).all())
+        mx.async_eval(tokens, logps, forced, all_done[-1], keys, values)
+        out.append((tokens, logps, forced))
         if step % CHECK_EVERY == 0 and all_done[-2].item():  # one step behind: the queue stays full
             break
-    return _collect(out_tokens, out_logps, lengths, done, prompts, group_size)
+    return _collect(out, state, prompts, group_size)
 
 
-def _collect(out_tokens, out_logps, lengths, done, prompts, group_size) -> Rollout:
-    """Stack the per-step outputs into a Rollout, trimmed to the longest completion."""
+def _finished(state) -> mx.array:
+    """`[R]` bool: the row wrote its stop token or spent its answer budget."""
+    done, _, phase, _ = state
+    return done | (phase == think.CAPPED)
+
+
+def _collect(out, state, prompts, group_size) -> Rollout:
+    """Stack the per-step `(tokens, logps, forced)` into a Rollout, trimmed to the longest completion."""
+    done, lengths = state[:2]
     T = max(lengths.max().item(), 1)
-    tokens = mx.stack(out_tokens, axis=1)[:, :T]  # [R, T]
-    logps = mx.stack(out_logps, axis=1)[:, :T]
-    mask = (mx.arange(T)[None, :] < lengths[:, None]).astype(mx.float32)
+    tokens, logps, forced = (mx.stack(column, axis=1)[:, :T] for column in zip(*out))  # [R, T] each
+    mask = ((mx.arange(T)[None, :] < lengths[:, None]) & ~forced).astype(mx.float32)
     truncated = ~done
-    mx.eval(tokens, mask, logps, truncated)
-    return Rollout(tokens, mask, logps, lengths, truncated, prompts, group_size)
+    mx.eval(tokens, mask, logps, truncated, forced)
+    return Rollout(tokens, mask, logps, lengths, truncated, prompts, group_size, forced)

@@ -3,14 +3,17 @@
 `sample`: logits / temperature, then top-k, then top-p (nucleus) on what top-k kept, then an
 inverse-CDF draw from the renormalised distribution; the returned log-prob is that of the sampled
 token under exactly this truncated, renormalised distribution (float32). Temperature 0 is greedy
-decoding (the caller takes the argmax; its log-prob is 0).
+decoding (the caller takes the argmax; its log-prob is 0). A thinking budget (`mlx_grpo.budget`)
+is applied on top of the drawn token, by the decode step.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlx.core as mx
+
+from mlx_grpo.budget import ThinkingBudget
 
 
 @dataclass(frozen=True)
@@ -21,12 +24,14 @@ class SamplingOptions:
     temperature: softmax temperature; 0 is greedy decoding.
     top_p: nucleus sampling mass (1: off).
     top_k: keep only the k most likely tokens (0: off).
+    budget: the thinking budget (None: off); `max_tokens` still caps every row.
     """
 
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    budget: ThinkingBudget | None = None
 
     def __post_init__(self):
         if self.max_tokens < 1:
@@ -37,9 +42,14 @@ class SamplingOptions:
             )
 
     @classmethod
-    def of_config(cls, config) -> SamplingOptions:
-        """Training's sampling, from a `TrainConfig`."""
-        return cls(config.max_completion_length, config.temperature, config.top_p, config.top_k)
+    def of_config(cls, config, tokenizer=None) -> SamplingOptions:
+        """Training's sampling, from a `TrainConfig`; its thinking budget needs the `tokenizer` (without
+        one there is none: enough for `truncated`)."""
+        budget = None if tokenizer is None else ThinkingBudget.of_config(config, tokenizer)
+        return cls(config.max_completion_length, config.temperature, config.top_p, config.top_k, budget)
+
+    def without_budget(self) -> SamplingOptions:
+        return replace(self, budget=None)
 
     @property
     def greedy(self) -> bool:

@@ -34,6 +34,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_grpo import checkpoint as ckpt
 from mlx_grpo import distributed, rundir
+from mlx_grpo.budget import ThinkingBudget
 from mlx_grpo.config import TrainConfig, memory_bytes, save_config
 from mlx_grpo.countdown.data import load_tasks, split_tasks
 from mlx_grpo.episodes import Episodes, EpisodeSource, step_seed
@@ -99,6 +100,7 @@ def _load(config: TrainConfig, reward_set: RewardSet, lock, *, resume: bool, ove
     model, tokenizer = load_model(
         config.model, quantize=config.quantize, dtype=config.dtype, trust_remote_code=config.trust_remote_code
     )
+    ThinkingBudget.of_config(config, tokenizer)  # a tokenizer the budget cannot use fails here, not mid-run
     adapter_config = add_lora(
         model,
         rank=config.lora_rank,
@@ -218,8 +220,9 @@ def evaluate_policy(training: Training) -> dict:
         enable_thinking=c.enable_thinking,
         prefill=c.prefill,
         seed=c.seed,
+        budget=ThinkingBudget.of_config(c, training.tokenizer),
     )
-    keys = ("accuracy", "format_rate", "equation_rate", "completion_length")
+    keys = ("accuracy", "format_rate", "equation_rate", "completion_length", "forced_frac")
     return {f"eval/{k}": result[k] for k in keys}
 
 

@@ -1,4 +1,4 @@
-"""Bad input through the real command line (issue 7): every case is one line `error: ...` on
+"""Bad input through the real command line: every case is one line `error: ...` on
 stderr, exit code 2, no traceback, and not one file written or changed.
 
 Each case runs `mlx_grpo.cli.main` in-process (the same entry point as `python -m mlx_grpo`, with
@@ -237,6 +237,13 @@ CASES = [
     ("push-bad-repo-id", train("--push-to-hub", "not a repo"), "invalid --repo-id"),
     ("push-without-token", train("--push-to-hub", "me/countdown"), "needs a Hugging Face token"),
     ("unknown-flag", train("--lr", "0.1"), "--lr"),
+    ("answer-budget-zero", train("--max-answer-tokens", "0"), "max_answer_tokens must be positive"),
+    ("stop-text-without-think-end", train("--thinking-stop-text", "time is up"), "must contain </think>"),
+    (
+        "thinking-budget-leaves-no-room",
+        train("--max-thinking-tokens", "60", "--max-completion-length", "64"),
+        "must exceed max_thinking_tokens",
+    ),
 ]
 
 

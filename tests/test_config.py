@@ -66,3 +66,18 @@ def test_optional_fields_are_coerced_like_their_type():
     assert TrainConfig(epsilon_high="0.28").epsilon_high == 0.28  # a YAML "1e-5"-style string
     with pytest.raises(UserError, match="num_samples must be an integer"):
         TrainConfig(num_samples="many")
+
+
+def test_the_defaults_are_docs_recipe_mds_for_qwen3():
+    import json
+    import re
+
+    from test_recipe_doc import defaults_table, proposed
+
+    table, config = defaults_table(), TrainConfig()
+    for name in ("enable_thinking", "prefill", "max_thinking_tokens", "thinking_stop_text", "max_answer_tokens"):
+        assert getattr(config, name) == proposed(table, name), name
+    for name in ("max_completion_length", "learning_rate", "beta", "num_generations", "batch_size", "max_steps"):
+        assert getattr(config, name) == proposed(table, name), name
+    sampling = [json.loads(v) for v in re.findall(r"`([^`]*)`", table["temperature"])]
+    assert [config.temperature, config.top_p, config.top_k] == sampling == [0.6, 0.95, 20]

@@ -1,4 +1,4 @@
-"""Faults injected into real training runs (issue 7): SIGKILL at chosen moments then resume, Ctrl-C,
+"""Faults injected into real training runs: SIGKILL at chosen moments then resume, Ctrl-C,
 non-finite updates, a full or read-only disk, and the memory-limit guard.
 
 The kill and Ctrl-C tests start `python -m mlx_grpo train` on the tiny model and watch its run

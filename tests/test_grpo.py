@@ -1,4 +1,4 @@
-"""The GRPO math against independent numpy implementations of the formulas in issue 3."""
+"""The GRPO math against independent numpy implementations of the formulas of the GRPO, DAPO and Dr. GRPO papers."""
 
 import mlx.core as mx
 import numpy as np

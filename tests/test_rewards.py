@@ -108,7 +108,12 @@ def test_reference_solutions_score_zero_when_a_number_or_the_target_changes(refe
         (QWEN3_NO_THINK, "<answer>1</answer>\n", 0.0),
         (QWEN3_NO_THINK, "<answer>1</answer><answer>2</answer>", 0.0),
         ("", "x</think>\n<answer>1</answer>", 0.0),  # no <think> anywhere
-        ("", "<think>x</think>\n\n<answer>1</answer>", 0.0),  # exactly one newline, as the original
+        ("", "<think>x</think>\n\n<answer>1</answer>", 1.0),  # Qwen3's template and early-stop text: "\n\n"
+        ("<think>\n", "x\n</think>\n\n<answer>1</answer>", 1.0),
+        ("", "<think>x</think><answer>1</answer>", 0.0),  # no newline: fails, as in the seed
+        ("", "<think>x</think>\n\n\n<answer>1</answer>", 0.0),  # "\n" or "\n\n", nothing else
+        ("", "<think>x</think> \n<answer>1</answer>", 0.0),
+        ("", "<think>x</think>\n \n<answer>1</answer>", 0.0),
         ("", "<think>x</think>\n<answer>1</answer>\n", 0.0),  # strict end (the original's $ allowed one "\n")
         ("", "<think>x</think>\n<answer>1</answer> ok", 0.0),
         ("", "<think>x</think>\n</think>\n<answer>1</answer>", 0.0),
@@ -122,6 +127,32 @@ def test_format_reward_on_the_assistant_turn(prefix, completion, expected):
     assert _format(completion, prefix) == expected
 
 
+QWEN3_STOP_TEXT = (  # Qwen's documented early-stop text (docs/recipe.md), as the thinking budget appends it
+    "\n\nConsidering the limited time by the user, I have to give the solution based on the thinking directly now."
+    "\n</think>\n\n"
+)
+
+
+def test_a_think_block_the_sampler_closed_is_never_well_formed_but_its_answer_still_counts():
+    from mlx_grpo.countdown.scoring import judge_all
+
+    forced = "4*3=12, 12+2 is" + QWEN3_STOP_TEXT + "<answer> 4 * 3 + 2 </answer>"  # the budget cut the thought
+    natural = "4*3=12, 12+2=14\n</think>\n\n<answer> 4 * 3 + 2 </answer>"  # the model closed it itself
+    tasks, prefixes = [Task(14, (2, 3, 4))] * 3, ["<think>\n"] * 3
+    completions = [forced, forced, natural]
+    verdicts = judge_all(completions, tasks, prefixes, forced_close=[True, False, False])
+    assert [v.forced_close for v in verdicts] == [True, False, False]
+    # the same text is well formed when the model wrote the </think>, never when the sampler did
+    assert [v.well_formed for v in verdicts] == [False, True, True]
+    assert all(v.correct and v.answer == "4 * 3 + 2" for v in verdicts)  # the answer after the stop text is the model's
+    totals, per_reward = RewardSet.from_specs(["format", "equation"]).score(
+        completions, tasks, prefixes, verdicts=verdicts
+    )
+    assert per_reward == {"format": [0.0, 1.0, 1.0], "equation": [1.0, 1.0, 1.0]}
+    with pytest.raises(ValueError, match="forced flags"):
+        judge_all(completions, tasks, prefixes, forced_close=[True])
+
+
 _FRAGMENTS = st.lists(
     st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "\n", "a", " ", "<", "/", ">"]), max_size=12
 )
@@ -129,9 +160,9 @@ _FRAGMENTS = st.lists(
 
 @settings(max_examples=1000, deadline=None)
 @given(_FRAGMENTS)
-def test_format_check_equals_the_original_regex_with_a_strict_end(parts):
+def test_format_check_equals_the_original_regex_with_a_strict_end_and_qwen3s_separator(parts):
     text = "".join(parts)
-    strict = SEED_FORMAT_REGEX[:-1] + r"\Z"
+    strict = SEED_FORMAT_REGEX.replace(r"\n<answer>", r"\n\n?<answer>")[:-1] + r"\Z"
     assert is_well_formed(text) == bool(re.match(strict, text, flags=re.DOTALL))
 
 

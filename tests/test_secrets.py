@@ -1,4 +1,4 @@
-"""Secrets and trust (issue 7): the Hub token never reaches a file, log, metric or message, and no
+"""Secrets and trust: the Hub token never reaches a file, log, metric or message, and no
 code shipped with a model runs unless the user passes --trust-remote-code.
 
 Only the network boundary is faked (`HfApi.create_repo` / `upload_folder`, as in test_hub.py).

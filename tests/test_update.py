@@ -31,6 +31,9 @@ def config(model_path, out, reward, **overrides) -> TrainConfig:
         batch_size=2,
         num_generations=4,
         max_completion_length=10,
+        temperature=1.0,  # full-distribution sampling (the defaults are Qwen3's top-k/top-p)
+        top_p=1.0,
+        top_k=0,
         max_steps=3,
         learning_rate=5e-3,
         output_dir=str(out),

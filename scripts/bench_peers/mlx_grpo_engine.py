@@ -69,6 +69,10 @@ def grpo_step(spec: dict) -> dict:
             num_generations=spec["group_size"],
             max_completion_length=spec["max_tokens"],
             temperature=spec["temperature"],
+            top_p=1.0,  # the peers sample from the full distribution, without a prefill or a thinking budget
+            top_k=0,
+            prefill="",
+            max_thinking_tokens=0,
             rewards=[TOY_REWARD],
             loss_type="grpo",
             beta=spec["beta"],
