@@ -38,8 +38,11 @@ def settings(model_path, out, reward, **overrides) -> dict:
         batch_size=4,
         num_generations=4,
         max_completion_length=12,
+        temperature=1.0,  # full-distribution sampling (the defaults are Qwen3's top-k/top-p)
+        top_p=1.0,
+        top_k=0,
         max_steps=3,
-        learning_rate=5e-3,
+        learning_rate=1e-3,  # small steps: rounding that Adam amplifies must not flip a sampled token
         output_dir=str(out),
         eval_every=2,
         eval_samples=6,
@@ -174,6 +177,7 @@ def cli_args(model_path, out, reward, *extra) -> list[str]:
     args = [sys.executable, "-m", "mlx_grpo", "train", "--quiet", "--model", str(model_path), "--dataset", "generate"]
     args += ["--reward", "format", "--reward", "equation", "--reward", reward, "--num-samples", "40"]
     args += ["--batch-size", "4", "--num-generations", "4", "--max-completion-length", "12", "--eval-every", "0"]
+    args += ["--temperature", "1.0", "--top-p", "1.0", "--top-k", "0"]
     return args + ["--save-every", "2", "--output-dir", str(out), "--seed", "3", *extra]
 
 
