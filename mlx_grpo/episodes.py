@@ -7,6 +7,9 @@ once (`countdown.scoring`).
 The data order is a function of (seed, step) alone: step s uses the tasks at positions
 [(s-1)·B, s·B) of a sequence of seeded permutations of the train split (one per epoch), and its
 sampling is seeded from (seed, step). So a resumed run repeats exactly what an uninterrupted one does.
+With W data-parallel ranks each samples its own block of whole groups (`distributed.shard`), seeded
+from (seed, step, first group of the call): W ranks draw what one process sampling in W calls
+(`groups_per_call` = B/W) draws, so a run resumed on another number of machines can repeat it exactly.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
+from mlx_grpo import distributed
 from mlx_grpo.budget import THINK_END
 from mlx_grpo.countdown.prompts import Prompt, build_prompt
 from mlx_grpo.countdown.scoring import Verdict, judge_all
 from mlx_grpo.countdown.tasks import Task
+from mlx_grpo.layout import PromptBatch
 from mlx_grpo.model import adapters_merged
 from mlx_grpo.rewards import RewardSet
 from mlx_grpo.rollout import Rollout, generate
@@ -131,8 +136,9 @@ def run_episodes(
     return Episodes(tasks, prompts, rollout, completions, verdicts, rewards, totals, group_size, seconds)
 
 
-def step_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step) % (2**31)
+def step_seed(seed: int, step: int, first_group: int = 0) -> int:
+    """The sampling seed of one call at `step` whose first group is `first_group` in the global batch."""
+    return (seed * 1_000_003 + step + first_group * 7_919_011) % (2**31)
 
 
 def task_indices(step: int, batch_size: int, num_tasks: int, seed: int) -> list[int]:
@@ -149,7 +155,8 @@ class EpisodeSource:
     """The episodes of each training step: `source(step)` samples and scores that step's tasks.
 
     The training loop takes any callable `step -> Episodes`; this is the default one.
-    `eos_ids` None: the tokenizer's stop tokens.
+    Under `mlx.launch` it samples this rank's share of the step's groups only. `eos_ids` None: the
+    tokenizer's stop tokens. `groups_per_call` None: one sampling call for the share.
     """
 
     model: object
@@ -158,11 +165,17 @@ class EpisodeSource:
     config: object  # TrainConfig
     reward_set: RewardSet
     eos_ids: list[int] | None = None
+    groups_per_call: int | None = None
 
     def __call__(self, step: int) -> Episodes:
         c = self.config
         rows = task_indices(step, c.batch_size, len(self.tasks), c.seed)
-        return self.sample(rows, step_seed(c.seed, step))
+        mine = distributed.shard(len(rows))  # positions of this rank's groups in the global batch
+        size = self.groups_per_call or len(mine)
+        calls = [mine[i : i + size] for i in range(0, len(mine), size)]
+        return join_episodes(
+            [self.sample([rows[g] for g in call], step_seed(c.seed, step, call.start)) for call in calls]
+        )
 
     def sample(self, rows: list[int], seed: int) -> Episodes:
         """The episodes of the train tasks at `rows`, sampled with `seed`."""
@@ -180,3 +193,36 @@ class EpisodeSource:
             eos_ids=self.eos_ids,
             overlong_buffer=c.overlong_buffer,
         )
+
+
+def join_episodes(parts: list[Episodes]) -> Episodes:
+    """One batch from consecutive batches of the same step, groups in order."""
+    if len(parts) == 1:
+        return parts[0]
+    rollouts = [p.rollout for p in parts]
+    width = max(r.tokens.shape[1] for r in rollouts)  # T of the joined batch
+
+    def stacked(name):  # [R, width], right-padded with 0 like a rollout
+        return mx.concatenate([mx.pad(getattr(r, name), [(0, 0), (0, width - r.tokens.shape[1])]) for r in rollouts])
+
+    rollout = Rollout(
+        stacked("tokens"),
+        stacked("mask"),
+        stacked("logps"),
+        mx.concatenate([r.lengths for r in rollouts]),
+        mx.concatenate([r.truncated for r in rollouts]),
+        PromptBatch.build([ids for r in rollouts for ids in r.prompts.ids]),
+        parts[0].group_size,
+        stacked("forced"),
+    )
+    return Episodes(
+        [t for p in parts for t in p.tasks],
+        [q for p in parts for q in p.prompts],
+        rollout,
+        [x for p in parts for x in p.completions],
+        [v for p in parts for v in p.verdicts],
+        {k: [x for p in parts for x in p.rewards[k]] for k in parts[0].rewards},
+        [x for p in parts for x in p.totals],
+        parts[0].group_size,
+        {k: sum(p.seconds[k] for p in parts) for k in parts[0].seconds},
+    )

@@ -5,8 +5,10 @@ With a thinking budget, both the greedy and the sampled pass run under it, as tr
 
 from __future__ import annotations
 
+import mlx.core as mx
 from tqdm import tqdm
 
+from mlx_grpo import distributed
 from mlx_grpo.budget import ThinkingBudget
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.episodes import run_episodes
@@ -32,21 +34,24 @@ def evaluate(
     """Score `tasks` with greedy decoding (and `pass_k` sampled tries when pass_k > 1).
 
     Greedy decoding is temperature 0. Results are fractions of tasks. `budget`: the thinking budget (None: off). When `samples`
-    is a list, one dict per task (prompt, completion, correct) is appended to it.
+    is a list, one dict per task (prompt, completion, correct) is appended to it. Under
+    `mlx.launch` each rank scores its block of the tasks and the counts are summed over ranks.
 
     Returns:
         {"accuracy", "format_rate", "equation_rate", "completion_length", "forced_frac", "num_tasks"} and
         "pass@k" when asked. `forced_frac`: greedy rows whose think block the budget closed. `equation_rate`: answers that are an equation using every number once, whatever
         its value (a bare result, or a number missing or used twice, is not).
     """
+    mine = distributed.shard(len(tasks))  # this rank's block: seeds follow the global positions
+    before = len(samples) if samples is not None else 0
     correct = well_formed = equations = length = forced = 0
     solved_by_sampling = 0
     greedy_sampling = SamplingOptions(max_tokens, 0.0, budget=budget)
     pass_sampling = SamplingOptions(max_tokens, temperature, budget=budget)
     common = dict(enable_thinking=enable_thinking, prefill=prefill)
-    batches = range(0, len(tasks), batch_size)
+    batches = range(mine.start, mine.stop, batch_size)
     for start in tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False):
-        chunk = tasks[start : start + batch_size]
+        chunk = tasks[start : min(start + batch_size, mine.stop)]
         greedy = run_episodes(
             model, tokenizer, chunk, group_size=1, sampling=greedy_sampling, seed=seed + start, **common
         )
@@ -66,6 +71,10 @@ def evaluate(
             )
             hits = [any(sampled.correct[i * pass_k : (i + 1) * pass_k]) for i in range(len(chunk))]
             solved_by_sampling += sum(hits)
+    counts = mx.array([correct, well_formed, equations, length, forced, solved_by_sampling])
+    correct, well_formed, equations, length, forced, solved_by_sampling = distributed.all_sum(counts).tolist()
+    if samples is not None:  # every rank's, in task order
+        samples[before:] = [s for share in distributed.gather(samples[before:]) for s in share]
     n = max(len(tasks), 1)
     result = {
         "accuracy": correct / n,

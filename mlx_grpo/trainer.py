@@ -12,6 +12,10 @@ episodes is any callable `step -> Episodes` (the default samples that step's tas
 so a caller can drive the same loop with its own. Randomness is re-seeded from (seed, step) at the
 start of every step and the data order is a function of (seed, step), so a resumed run repeats
 exactly what an uninterrupted one does.
+
+Under `mlx.launch` every rank runs this loop on its share of each step's groups (`distributed`);
+the update, the metrics line and evaluation are reduced over ranks, so every rank holds the same
+adapters and the same metrics. Rank 0 alone takes the lock and writes the run directory.
 """
 
 from __future__ import annotations
@@ -19,16 +23,17 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_grpo import checkpoint as ckpt
-from mlx_grpo import rundir
+from mlx_grpo import distributed, rundir
 from mlx_grpo.budget import ThinkingBudget
 from mlx_grpo.config import TrainConfig, memory_bytes, save_config
 from mlx_grpo.countdown.data import load_tasks, split_tasks
@@ -37,7 +42,7 @@ from mlx_grpo.episodes import Episodes, EpisodeSource, step_seed
 from mlx_grpo.errors import UserError
 from mlx_grpo.evaluate import evaluate
 from mlx_grpo.grpo import compute_advantages
-from mlx_grpo.metrics import step_metrics
+from mlx_grpo.metrics import join_rows, row_values, step_metrics
 from mlx_grpo.model import add_lora, check_model_source, load_model
 from mlx_grpo.plots import plot_reward_accuracy
 from mlx_grpo.progress import StepProgress
@@ -59,7 +64,7 @@ class Training:
     train_tasks: list
     eval_tasks: list
     resume_from: Path | None  # the checkpoint to continue from; None for a fresh run
-    lock: rundir.RunLock  # this process is the run directory's one writer until the run ends
+    lock: rundir.RunLock | None  # the run directory's one writer (rank 0) holds it until the run ends
     overwrite: bool = False
     history: list = field(default_factory=list)  # metrics lines written so far (for the summary)
 
@@ -77,16 +82,20 @@ def prepare(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fals
     reward_set = RewardSet.from_specs(config.rewards)
     check_signal(config.dynamic_sampling_signal, reward_set.names)
     check_model_source(config.model)
-    lock = rundir.acquire_lock(config.output_dir)
+    _check_world(config)
+    lock = rundir.acquire_lock(config.output_dir) if distributed.is_main() else None
     try:
         return _load(config, reward_set, lock, resume=resume, overwrite=overwrite)
     except BaseException:
-        lock.release()
+        if lock:
+            lock.release()
         raise
 
 
 def _load(config: TrainConfig, reward_set: RewardSet, lock, *, resume: bool, overwrite: bool) -> Training:
-    resume_from = rundir.prepare_run_dir(config.output_dir, config.to_dict(), resume=resume, overwrite=overwrite)
+    resume_from = None  # other ranks receive the restored state from rank 0
+    if lock:
+        resume_from = rundir.prepare_run_dir(config.output_dir, config.to_dict(), resume=resume, overwrite=overwrite)
     tasks = load_tasks(config.dataset, seed=config.seed, num_samples=config.num_samples)
     train_tasks, test_tasks = split_tasks(tasks, config.test_size)
     _set_memory_limit(config.max_memory)
@@ -132,8 +141,8 @@ def run(
 
     The run directory's lock is released when this returns or raises.
     """
-    with training.lock:
-        return _loop(training, source, on_step, progress)
+    with training.lock or nullcontext():
+        return _loop(training, source, on_step, progress and distributed.is_main())
 
 
 def _loop(training: Training, source, on_step, progress: bool) -> dict:
@@ -144,7 +153,8 @@ def _loop(training: Training, source, on_step, progress: bool) -> dict:
     loss_and_grad = nn.value_and_grad(training.model, make_loss(c))
     start = _open_run_dir(training)
     stop = _StopFlag()
-    with make_tracker(c.report_to, run_dir, c) as tracker, _graceful_interrupt(stop):
+    tracker = make_tracker(c.report_to if distributed.is_main() else None, run_dir, c)
+    with tracker, _graceful_interrupt(stop):
         log = _Logger(training, tracker)
         if start == 0 and c.eval_every > 0:
             log.metrics({"step": 0, **evaluate_policy(training)})
@@ -152,7 +162,7 @@ def _loop(training: Training, source, on_step, progress: bool) -> dict:
         step, bad_steps = start, 0
         while step < c.max_steps and not stop.requested:
             step += 1
-            metrics, episodes, advantages = train_step(training, source, loss_and_grad, step)
+            metrics, episodes, advantages = train_step(training, source, loss_and_grad, step, stop)
             if step % c.log_completions_every == 0 or step == 1:
                 log.completions(step, episodes, advantages)
             if (c.eval_every and step % c.eval_every == 0) or step == c.max_steps:
@@ -172,20 +182,35 @@ def _loop(training: Training, source, on_step, progress: bool) -> dict:
     return finish(training)
 
 
-def train_step(training: Training, source, loss_and_grad, step: int) -> tuple[dict, Episodes, list[float]]:
-    """Sample, score and learn from one batch; returns (metrics line, episodes, advantages [R])."""
+def train_step(training: Training, source, loss_and_grad, step: int, stop=None) -> tuple[dict, Episodes, list[float]]:
+    """Sample, score and learn from one batch; returns (metrics line, this rank's episodes and
+    advantages [R]). With `stop`, a Ctrl-C on any rank stops every rank after this step."""
     c = training.config
     mx.random.seed(step_seed(c.seed, step))  # dropout and anything else drawing from the global key
     t0 = time.perf_counter()
     episodes = source(step)
-    advantages = compute_advantages(mx.array(episodes.totals), c.num_generations, c.scale_rewards)  # [R]
+    shares = distributed.gather({"rows": row_values(episodes), "stop": bool(stop and stop.requested)})
+    rows = join_rows([s["rows"] for s in shares])  # the whole batch's, in rank order
+    first = sum(len(s["rows"]["totals"]) for s in shares[: distributed.rank()])  # this rank's first row
+    everyone = compute_advantages(mx.array(rows["totals"]), c.num_generations, c.scale_rewards)  # [R]
+    advantages = everyone[first : first + episodes.num_rows]  # [R / W] this rank's rows
     t1 = time.perf_counter()
     result = update(training.model, training.optimizer, loss_and_grad, episodes.rollout, advantages, c)
     t2 = time.perf_counter()
+    if stop is not None:
+        stop.requested = stop.requested or any(s["stop"] for s in shares)
     lr = float(training.optimizer.learning_rate.item())  # set by the update to the rate it used
     times = {**episodes.seconds, "update": t2 - t1, "step": t2 - t0}
     memory = {"peak_memory_gb": mx.get_peak_memory() / 2**30}
-    return step_metrics(step, episodes, result, times, lr=lr, memory=memory), episodes, advantages.tolist()
+    times, memory = _slowest(times, memory)
+    metrics = step_metrics(step, rows, c.num_generations, result, times, lr=lr, memory=memory)
+    return metrics, episodes, advantages.tolist()
+
+
+def _slowest(*figures: dict) -> list[dict]:
+    """Each figure's maximum over ranks: the step takes as long as its slowest rank."""
+    shares = distributed.gather(figures)
+    return [{k: max(s[i][k] for s in shares) for k in f} for i, f in enumerate(figures)]
 
 
 def evaluate_policy(training: Training) -> dict:
@@ -207,6 +232,8 @@ def evaluate_policy(training: Training) -> dict:
 
 def save(training: Training, step: int) -> None:
     """Checkpoint `step` (and publish its adapters), unless nothing was trained or it is saved already."""
+    if not distributed.is_main():
+        return
     latest = ckpt.latest_checkpoint(training.run_dir)
     if step == 0 or (latest is not None and latest.name == f"step-{step:06d}"):
         return
@@ -217,6 +244,8 @@ def save(training: Training, step: int) -> None:
 def finish(training: Training) -> dict:
     """Write the summary and the reward/accuracy plot; return the summary."""
     summary = dict(training.history[-1]) if training.history else {}
+    if not distributed.is_main():
+        return summary
     plot_reward_accuracy(training.history, training.run_dir / rundir.PLOTS / "reward_accuracy.png")
     rundir.write_json(training.run_dir / rundir.SUMMARY, summary)
     return summary
@@ -235,10 +264,12 @@ class _Logger:
 
     def metrics(self, line: dict) -> None:
         self.training.history.append(line)
-        self.tracker.log(line, line["step"])
-        rundir.append_jsonl(self.training.run_dir / rundir.METRICS, [line])
+        if distributed.is_main():
+            self.tracker.log(line, line["step"])
+            rundir.append_jsonl(self.training.run_dir / rundir.METRICS, [line])
 
     def completions(self, step: int, episodes: Episodes, advantages: list[float]) -> None:
+        """Every rank's rows, written by rank 0."""
         records = []
         for r, verdict in enumerate(episodes.verdicts):
             task = episodes.row_task(r)
@@ -255,11 +286,32 @@ class _Logger:
                     "equation": verdict.answer,
                 }
             )
-        rundir.append_jsonl(self.training.run_dir / rundir.COMPLETIONS, records)
+        shares = distributed.gather(records)
+        if distributed.is_main():
+            rundir.append_jsonl(self.training.run_dir / rundir.COMPLETIONS, [r for share in shares for r in share])
 
 
 def _open_run_dir(training: Training) -> int:
-    """Create or restore the run directory; return the last completed step (0 for a fresh run)."""
+    """Create or restore the run directory (rank 0); give every rank rank 0's adapters and optimizer
+    state; return the last completed step (0 for a fresh run)."""
+    step = _restore(training) if distributed.is_main() else 0
+    return _share_state(training, step)
+
+
+def _share_state(training: Training, step: int) -> int:
+    """Every rank takes rank 0's step, adapters and optimizer state (restored or freshly made)."""
+    if distributed.world_size() == 1:
+        return step
+    model, optimizer = training.model, training.optimizer
+    state = {"step": mx.array(step), **{f"model.{k}": v for k, v in tree_flatten(model.trainable_parameters())}}
+    state.update({f"optimizer.{k}": v for k, v in tree_flatten(optimizer.state)})
+    state = distributed.broadcast(state)
+    model.update(tree_unflatten([(k[6:], v) for k, v in state.items() if k.startswith("model.")]))
+    optimizer.state = tree_unflatten([(k[10:], v) for k, v in state.items() if k.startswith("optimizer.")])
+    return int(state["step"].item())
+
+
+def _restore(training: Training) -> int:
     run_dir = training.run_dir
     if training.overwrite:
         rundir.clear_run_dir(run_dir)
@@ -272,6 +324,21 @@ def _open_run_dir(training: Training) -> int:
     training.history = rundir.truncate_after(run_dir / rundir.METRICS, step)
     rundir.truncate_after(run_dir / rundir.COMPLETIONS, step)
     return step
+
+
+def _check_world(config: TrainConfig) -> None:
+    """Data parallel: every rank takes the same number of whole groups, enough to split into micro-batches."""
+    world = distributed.world_size()
+    if config.dynamic_sampling and world > 1:
+        # its rounds would have to be agreed across ranks (an all_sum of kept groups each round)
+        raise UserError("--dynamic-sampling runs in one process only for now; drop it or run without mlx.launch")
+    if config.batch_size % world:
+        raise UserError(f"batch_size {config.batch_size} must be a multiple of the {world} ranks (whole groups each)")
+    if config.batch_size // world * config.num_generations % config.grad_accumulation:
+        raise UserError(
+            f"grad_accumulation {config.grad_accumulation} must divide each rank's "
+            f"{config.batch_size // world * config.num_generations} rows (batch_size / ranks * num_generations)"
+        )
 
 
 def _check_bad_steps(run_dir: Path, step: int, bad_steps: int, max_bad_steps: int) -> None:

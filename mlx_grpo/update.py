@@ -24,6 +24,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map
 
+from mlx_grpo import distributed
 from mlx_grpo.grpo import batch_normalizer, policy_loss
 from mlx_grpo.layout import PromptBatch
 from mlx_grpo.logprobs import sequence_logprobs
@@ -149,7 +150,8 @@ def update(model, optimizer, loss_and_grad, rollout: Rollout, advantages: mx.arr
         rollout = replace(rollout, mask=rollout.mask * ~rollout.truncated[:, None])  # [R, T]
     batches = micro_batches(rollout, advantages, min(config.grad_accumulation, rollout.tokens.shape[0]))
     batches = with_fixed_logprobs(model, batches, config)
-    normalizer = batch_normalizer(rollout.mask, config.loss_type, config.max_completion_length)
+    # data parallel: the whole batch's denominator (every rank has rows, each row at least one token)
+    normalizer = distributed.all_sum(batch_normalizer(rollout.mask, config.loss_type, config.max_completion_length))
     results = [
         _step(model, optimizer, loss_and_grad, batches, normalizer, config.max_grad_norm)
         for _ in range(config.num_iterations)
@@ -170,8 +172,12 @@ def _step(model, optimizer, loss_and_grad, batches: list[MicroBatch], normalizer
         loss = loss + mb_loss
         tokens = batch.mask.sum()  # the metrics are means over this micro-batch's active tokens
         token_sums = {k: token_sums[k] + mb_metrics[k] * tokens for k in _TOKEN_METRICS}
+    tokens = mx.array(sum(b.num_tokens for b in batches))
+    # data parallel: this rank's rows are a share of the batch, normalised by the whole batch's denominator
+    grads = distributed.sum_gradients(grads)
+    loss, token_sums, tokens = distributed.all_sum((loss, token_sums, tokens))
     grads, grad_norm = optim.clip_grad_norm(grads, max_grad_norm)
-    total_tokens = max(sum(b.num_tokens for b in batches), 1.0)
+    total_tokens = max(tokens.item(), 1.0)
     mx.eval(loss, grad_norm, token_sums)
     finite = math.isfinite(loss.item()) and math.isfinite(grad_norm.item())
     if finite:

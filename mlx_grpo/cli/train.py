@@ -58,7 +58,7 @@ def config_options(func):
 @config_options
 def train(config_file, resume, overwrite, quiet, **flags):
     """Train LoRA adapters with GRPO (defaults: Qwen/Qwen3-0.6B on Countdown)."""
-    from mlx_grpo import trainer
+    from mlx_grpo import distributed, trainer
     from mlx_grpo.presets import preset_for_model
 
     flags["rewards"] = list(flags["rewards"]) or None
@@ -69,7 +69,9 @@ def train(config_file, resume, overwrite, quiet, **flags):
     if config.push_to_hub:
         _check_push(config.push_to_hub)
     training = trainer.prepare(config, resume=resume, overwrite=overwrite)  # every check, nothing written
-    click.echo(f"run: {config.output_dir}  model: {config.model}  dataset: {config.dataset}", err=True)
+    main_rank = distributed.is_main()  # under mlx.launch, rank 0 alone reports and pushes
+    if main_rank:
+        click.echo(f"run: {config.output_dir}  model: {config.model}  dataset: {config.dataset}", err=True)
     try:
         summary = trainer.run(training, progress=not quiet)
     except trainer.TrainingInterrupted as e:
@@ -79,6 +81,8 @@ def train(config_file, resume, overwrite, quiet, **flags):
         if e.errno not in _DISK_ERRORS:
             raise
         raise UserError(_disk_error(e, config.output_dir)) from None
+    if not main_rank:
+        return
     click.echo(format_table(_summary_rows(summary), title="final metrics"))
     if config.push_to_hub:
         from mlx_grpo.hub import push_run
