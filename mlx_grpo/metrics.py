@@ -24,7 +24,7 @@ def step_metrics(step: int, episodes: Episodes, result: UpdateResult, times: dic
     Args:
         times: wall seconds by phase ("generate", "score", "update", "step").
         lr: the learning rate the step used.
-        memory: {"peak_memory_gb": ..., ...} as measured by the caller.
+        memory: {"peak_memory_gb": MLX's peak, "peak_rss_gb": the process's} (`memory.peak_memory`).
     """
     lengths = np.array(episodes.rollout.lengths.tolist())  # [R]
     totals = np.array(episodes.totals)  # [R]
@@ -45,6 +45,7 @@ def step_metrics(step: int, episodes: Episodes, result: UpdateResult, times: dic
         "clip_frac/high": result.clip_frac_high,
         "ratio/mean": result.ratio,
         "grad_norm": result.grad_norm,
+        "micro_batches": result.micro_batches,
         "lr": lr,
         "skipped": result.skipped,
         **{f"time/{k}": round(v, 4) for k, v in times.items()},

@@ -35,6 +35,7 @@ from mlx_grpo.episodes import Episodes, EpisodeSource, step_seed
 from mlx_grpo.errors import UserError
 from mlx_grpo.evaluate import evaluate
 from mlx_grpo.grpo import compute_advantages
+from mlx_grpo.memory import PROMPT_ALLOWANCE, micro_batch_count, peak_memory
 from mlx_grpo.metrics import step_metrics
 from mlx_grpo.model import add_lora, check_model_source, load_model
 from mlx_grpo.plots import plot_reward_accuracy
@@ -99,6 +100,10 @@ def _load(config: TrainConfig, reward_set: RewardSet, lock, *, resume: bool, ove
         seed=config.seed,
     )
     adapter_config["base_model"] = config.model
+    # a budget nothing fits fails here, not after the first rollout
+    micro_batch_count(
+        model, config.batch_size * config.num_generations, PROMPT_ALLOWANCE + config.max_completion_length, config
+    )
     optimizer = optim.AdamW(learning_rate=_schedule(config), weight_decay=config.weight_decay)
     optimizer.init(model.trainable_parameters())
     eval_tasks = test_tasks[: config.eval_samples]
@@ -178,7 +183,7 @@ def train_step(training: Training, source, loss_and_grad, step: int) -> tuple[di
     t2 = time.perf_counter()
     lr = float(training.optimizer.learning_rate.item())  # set by the update to the rate it used
     times = {**episodes.seconds, "update": t2 - t1, "step": t2 - t0}
-    memory = {"peak_memory_gb": mx.get_peak_memory() / 2**30}
+    memory = peak_memory()
     return step_metrics(step, episodes, result, times, lr=lr, memory=memory), episodes, advantages.tolist()
 
 
