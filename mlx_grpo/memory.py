@@ -3,15 +3,19 @@
 A step holds the weights throughout, then (not at once):
 
     rollout:  per layer a keys + values buffer [R, kv_heads, P + T, head_dim] in the model's dtype
-    update:   per micro-batch of r rows x L = P + T positions, per transformer block
-                plain:        every block's activations,  BLOCK_BYTES * L * (H + I) + ATTENTION_BYTES * heads * L^2
-                checkpointed: every block's input (L * H), plus one block's activations while it is recomputed
-              and the output layer's chunk work (`logprobs.chunk_nbytes`).
+    update:   per micro-batch of r rows x L = P + T positions, with one block's activations
+              block = r * L * BLOCK_BYTES * (H + I) * dtype + r * ATTENTION_BYTES * heads * L^2 * 4
+                plain:        every block's activations, layers * block
+                checkpointed: every block's input and keys/values, layers * r * L * (H + 2 * kv) * dtype,
+                              plus one block recomputed with its gradients, 2 * block
+              plus the output layer's chunk work (`logprobs.chunk_nbytes`).
 
-The two per-position constants were measured by `scripts/bench_memory.py` (MLX CPU, float32, the
-Qwen3-0.6B widths: peak MLX memory of one update minus the weights, fitted over lengths and rows; see
-scripts/results/memory.md). They are in units of the model's dtype size, so bf16 needs half.
-Before the first rollout the prompt length is not known: `PROMPT_ALLOWANCE` positions stand for it.
+BLOCK_BYTES was measured by `scripts/bench_memory.py` and probes at the Qwen3-0.6B widths (MLX CPU,
+float32: 0.44 MB per position per block, plain; 0.9 MB per position for the recomputed block); the
+attention term is an allowance, not fitted. Counting every row's prompt (the update runs each prompt
+once per group) overstates short completions, so the estimate errs high. In units of the dtype's
+size, so bf16 needs about half. Before the first rollout the prompt length is not known:
+`PROMPT_ALLOWANCE` positions stand for it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from mlx_grpo.errors import UserError
 from mlx_grpo.logprobs import chunk_nbytes
 
 GIB = 2**30
-BLOCK_BYTES = 12.0  # activations kept per position per block, in (H + I) x dtype-size units (measured)
+BLOCK_BYTES = 22.0  # activations kept per position per block, in (H + I) x dtype-size units (measured)
 ATTENTION_BYTES = 3.0  # float32 [heads, L, L] blocks kept per row per block (scores, probabilities, ...)
 PROMPT_ALLOWANCE = 256  # prompt positions assumed before any prompt is seen (Countdown's are ~150)
 
@@ -55,10 +59,13 @@ def rollout_bytes(model: nn.Module, rows: int, positions: int) -> int:
 
 def update_bytes(model: nn.Module, rows: int, positions: int, checkpoint: bool) -> int:
     """Peak bytes above the weights of the forward + backward of one micro-batch of `rows` rows."""
-    layers, hidden, inter, heads, _, b = _dims(model)
+    layers, hidden, inter, heads, kv, b = _dims(model)
     block = rows * (BLOCK_BYTES * positions * (hidden + inter) * b + ATTENTION_BYTES * heads * positions**2 * 4)
-    kept = layers * rows * positions * hidden * b + block if checkpoint else layers * block
-    return int(kept + chunk_nbytes(model, 128))
+    if checkpoint:
+        activations = layers * rows * positions * (hidden + 2 * kv) * b + 2 * block
+    else:
+        activations = layers * block
+    return int(activations + chunk_nbytes(model, 128))
 
 
 def step_bytes(model: nn.Module, rows: int, positions: int, micro_batches: int, checkpoint: bool) -> int:
