@@ -228,9 +228,8 @@ def _rollout(model, prompts: PromptBatch, group_size, options: SamplingOptions, 
     out_tokens, out_logps, all_done = [tokens], [logps], [done.all()]
     for step in range(1, options.max_tokens):
         if P + step > keys[0].shape[2]:  # the buffer is full: grow it by one bucket (one more compile)
-            capacity = min(keys[0].shape[2] + CAPACITY_BUCKET, P + options.max_tokens)  # no slot past the budget
-            keys = [_with_capacity(k, capacity) for k in keys]
-            values = [_with_capacity(v, capacity) for v in values]
+            keys = [_with_capacity(k, k.shape[2] + CAPACITY_BUCKET) for k in keys]
+            values = [_with_capacity(v, v.shape[2] + CAPACITY_BUCKET) for v in values]
         tokens, logps, done, lengths, key, keys, values, slot = decoder.step(
             tokens, keys, values, slot, row_pad, pad_start, done, lengths, key, *sampling
         )
