@@ -125,7 +125,12 @@ class TrainConfig:
     weight_decay: float = _setting(0.0, "AdamW weight decay.")
     warmup_steps: int = _setting(0, "Linear learning-rate warm-up steps.")
     max_grad_norm: float = _setting(1.0, "Clip the gradient to this global norm.")
-    grad_accumulation: int = _setting(1, "Micro-batches per update (splits the B*G rows).")
+    grad_accumulation: int | None = _setting(
+        None, "Micro-batches per update (splits the B*G rows); unset: 1, or the fewest that fit --max-memory."
+    )
+    gradient_checkpointing: bool = _setting(
+        False, "Recompute each transformer block in the backward pass: far less memory, ~30% slower update."
+    )
     max_steps: int = _setting(200, "Training steps.")
     lora_rank: int = _setting(8, "LoRA rank.")
     lora_scale: float = _setting(20.0, "mlx-lm LoRA scale (PEFT lora_alpha = scale * rank).")
@@ -139,7 +144,9 @@ class TrainConfig:
     save_every: int = _setting(50, "Checkpoint every N steps.")
     log_completions_every: int = _setting(10, "Write the sampled completions every N steps.")
     max_bad_steps: int = _setting(5, "Stop after N consecutive non-finite updates.")
-    max_memory: str | None = _setting(None, "Metal memory limit, e.g. 12GB (no-op on CPU/CUDA).")
+    max_memory: str | None = _setting(
+        None, "Memory budget, e.g. 12GB: picks or checks grad_accumulation; on Metal also MLX's memory limit."
+    )
     report_to: str | None = _setting(
         None, "Also log metrics to tensorboard or wandb.", choices=("tensorboard", "wandb")
     )
@@ -180,9 +187,9 @@ class TrainConfig:
             (self.lora_scale > 0, "lora_scale must be positive"),
             (0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)"),
             (self.lora_layers == -1 or self.lora_layers >= 1, "lora_layers must be -1 (all) or positive"),
-            (self.grad_accumulation >= 1, "grad_accumulation must be at least 1"),
+            (self.grad_accumulation is None or self.grad_accumulation >= 1, "grad_accumulation must be at least 1"),
             (
-                (self.batch_size * self.num_generations) % self.grad_accumulation == 0,
+                (self.batch_size * self.num_generations) % (self.grad_accumulation or 1) == 0,
                 "grad_accumulation must divide batch_size * num_generations",
             ),
             (self.max_grad_norm > 0, "max_grad_norm must be positive"),

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_grpo.layout import PaddedCache
 
@@ -43,16 +43,63 @@ def output_layer(model: nn.Module) -> tuple[nn.Module, Callable[[mx.array], mx.a
     return embed, embed.as_linear
 
 
-def hidden_states(model: nn.Module, inputs: mx.array, caches: list[PaddedCache]) -> mx.array:
-    """Final normed hidden states `[N, L, H]` of padded `inputs [N, L]` (one cache per layer)."""
-    return model.model(inputs, cache=caches)
+def hidden_states(model: nn.Module, inputs: mx.array, caches: list[PaddedCache], checkpoint: bool = False) -> mx.array:
+    """Final normed hidden states `[N, L, H]` of padded `inputs [N, L]` (one cache per layer).
+
+    `checkpoint`: keep only each transformer block's input for the backward pass and recompute the
+    block's activations there (activation checkpointing; the caches must be `PaddedCache`s).
+    """
+    if not checkpoint:
+        return model.model(inputs, cache=caches)
+    inner = model.model
+    h = inner.embed_tokens(inputs)  # [N, L, H]
+    mask = caches[0].make_mask(h.shape[1])
+    for layer, cache in zip(inner.layers, caches):
+        h = _checkpointed_block(layer, h, mask, cache)
+    return inner.norm(h)
 
 
-def prompt_pass(model: nn.Module, prompts: mx.array, prompt_pad: mx.array, shared: int = 0):
+def _checkpointed_block(layer: nn.Module, h: mx.array, mask: mx.array, cache: PaddedCache) -> mx.array:
+    """`layer(h, mask, cache)` keeping only its inputs for the backward pass, which recomputes it.
+
+    `mx.checkpoint` saves nothing here: `_chunked_logprobs` evaluates the hidden states inside the
+    gradient transform, which keeps every evaluated intermediate alive. So the block runs on host
+    copies of its inputs (its outputs have no graph behind them) and its VJP recomputes it, one block
+    at a time, evaluated. The cache's keys/values are explicit inputs and outputs: the recomputation
+    starts from the same earlier keys, and gradients reach them.
+    """
+    names = [name for name, _ in tree_flatten(layer.trainable_parameters())]
+    params = [p for _, p in tree_flatten(layer.trainable_parameters())]
+    earlier = [] if cache.keys is None else [cache.keys, cache.values]
+    n = len(params)
+
+    def block(*arrays):  # (params..., h, [earlier keys, earlier values])
+        original = layer.trainable_parameters()
+        layer.update(tree_unflatten(list(zip(names, arrays[:n]))))
+        fresh = PaddedCache(cache.prompt_pad, cache.pad_start, *arrays[n + 1 :])
+        try:
+            return [layer(arrays[n], mask, fresh), fresh.keys, fresh.values]
+        finally:
+            layer.update(original)
+
+    @mx.custom_function
+    def run(*arrays):
+        return [_detached(x) for x in block(*[_detached(a) for a in arrays])]
+
+    @run.vjp
+    def run_vjp(primals, cotangents, outputs):
+        _, grads = mx.vjp(block, [_detached(p) for p in primals], [_detached(c) for c in cotangents])
+        return [_detached(g) for g in grads]
+
+    out, cache.keys, cache.values = run(*params, h, *earlier)
+    return out  # [N, L, H]
+
+
+def prompt_pass(model: nn.Module, prompts: mx.array, prompt_pad: mx.array, shared: int = 0, checkpoint: bool = False):
     """Run left-padded prompts `[B, P]` (see `left_pad`) through the model.
 
     The first `shared` columns, the same in every row, run once as one row (of them only the
-    keys/values are used, so MLX never computes the rest).
+    keys/values are used, so MLX never computes the rest). `checkpoint` as in `hidden_states`.
 
     Returns:
         `(hidden [B, P - shared, H], caches)`: the final hidden states of the columns after the
@@ -61,9 +108,9 @@ def prompt_pass(model: nn.Module, prompts: mx.array, prompt_pad: mx.array, share
     caches = [PaddedCache(prompt_pad) for _ in model.layers]
     if shared:
         head = [PaddedCache(mx.zeros((1,), mx.int32)) for _ in model.layers]
-        hidden_states(model, prompts[:1, :shared], head)
+        hidden_states(model, prompts[:1, :shared], head, checkpoint)
         caches = [PaddedCache(prompt_pad, shared, c.keys, c.values) for c in head]
-    return hidden_states(model, prompts[:, shared:], caches), caches
+    return hidden_states(model, prompts[:, shared:], caches, checkpoint), caches
 
 
 def chunk_nbytes(model: nn.Module, chunk_size: int) -> int:
@@ -157,6 +204,7 @@ def sequence_logprobs(
     differentiable: bool = True,
     prompt_index: mx.array | None = None,
     shared: int = 0,
+    checkpoint: bool = False,
 ) -> mx.array:
     """Per-token log-probs of completion tokens under `model`, differentiable w.r.t. its parameters.
 
@@ -176,17 +224,20 @@ def sequence_logprobs(
             through the model once instead of once per completion (G times fewer prompt tokens).
         shared: the first `shared` prompt columns are the same tokens in every row (`left_pad`
             with `shared`); they run through the model once.
+        checkpoint: recompute each transformer block in the backward pass instead of keeping its
+            activations (`hidden_states`): memory per row drops from every block's activations to
+            every block's input plus one block's activations, for about one more forward pass.
 
     Returns:
         `[R, T]` float32: log p(tokens[r, t] | prompt r, tokens[r, :t]) at `temperature`.
     """
     R, T = tokens.shape
     if prompt_index is None and not shared:
-        hidden = _one_pass_hidden(model, prompts, prompt_pad, tokens)
+        hidden = _one_pass_hidden(model, prompts, prompt_pad, tokens, checkpoint)
     else:
         if prompt_index is None:
             prompt_index = mx.arange(R, dtype=mx.int32)
-        hidden = _shared_prompt_hidden(model, prompts, prompt_pad, tokens, prompt_index, shared)
+        hidden = _shared_prompt_hidden(model, prompts, prompt_pad, tokens, prompt_index, shared, checkpoint)
     logps = _chunked_logprobs(
         model, hidden.reshape(R * T, -1), tokens.reshape(-1), temperature, chunk_size, differentiable
     )
@@ -194,18 +245,18 @@ def sequence_logprobs(
     return logps if mask is None else mx.where(mask > 0, logps, 0.0)
 
 
-def _one_pass_hidden(model, prompts, prompt_pad, tokens) -> mx.array:
+def _one_pass_hidden(model, prompts, prompt_pad, tokens, checkpoint) -> mx.array:
     """Hidden states `[R, T, H]` that predict each completion token, one pass over prompt + completion."""
     P = prompts.shape[1]
     inputs = mx.concatenate([prompts, tokens[:, :-1]], axis=1)  # [R, P + T - 1]
     caches = [PaddedCache(prompt_pad) for _ in model.layers]
-    return hidden_states(model, inputs, caches)[:, P - 1 :]  # [R, T, H]: each predicts tokens[:, t]
+    return hidden_states(model, inputs, caches, checkpoint)[:, P - 1 :]  # [R, T, H]: each predicts tokens[:, t]
 
 
-def _shared_prompt_hidden(model, prompts, prompt_pad, tokens, prompt_index, shared) -> mx.array:
+def _shared_prompt_hidden(model, prompts, prompt_pad, tokens, prompt_index, shared, checkpoint) -> mx.array:
     """As `_one_pass_hidden`, with each distinct prompt run once: `prompts [B, P]`, row r's prompt is
     `prompts[prompt_index[r]]`. Gradients reach the prompt's keys and values through the gather."""
-    hidden, caches = prompt_pass(model, prompts, prompt_pad, shared)
+    hidden, caches = prompt_pass(model, prompts, prompt_pad, shared, checkpoint)
     last = mx.take(hidden[:, -1:], prompt_index, axis=0)  # [R, 1, H] predicts tokens[:, 0]
     if tokens.shape[1] == 1:
         return last
@@ -214,5 +265,5 @@ def _shared_prompt_hidden(model, prompts, prompt_pad, tokens, prompt_index, shar
         PaddedCache(row_pad, shared, mx.take(c.keys, prompt_index, axis=0), mx.take(c.values, prompt_index, axis=0))
         for c in caches
     ]
-    rest = hidden_states(model, tokens[:, :-1], continued)  # [R, T - 1, H]
+    rest = hidden_states(model, tokens[:, :-1], continued, checkpoint)  # [R, T - 1, H]
     return mx.concatenate([last, rest], axis=1)  # [R, T, H]

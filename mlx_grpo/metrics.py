@@ -50,7 +50,7 @@ def step_metrics(
         rows: the whole batch's `row_values` (every rank's).
         times: wall seconds by phase ("generate", "score", "update", "step").
         lr: the learning rate the step used.
-        memory: {"peak_memory_gb": ..., ...} as measured by the caller.
+        memory: {"peak_memory_gb": MLX's peak, "peak_rss_gb": the process's} (`memory.peak_memory`).
     """
     lengths = np.array(rows["lengths"])  # [R]
     totals = np.array(rows["totals"])  # [R]
@@ -74,6 +74,7 @@ def step_metrics(
         "clip_frac/high": result.clip_frac_high,
         "ratio/mean": result.ratio,
         "grad_norm": result.grad_norm,
+        "micro_batches": result.micro_batches,
         "lr": lr,
         "skipped": result.skipped,
         **{f"time/{k}": round(v, 4) for k, v in times.items()},

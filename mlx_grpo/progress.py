@@ -1,4 +1,4 @@
-"""Live progress of a run (a tqdm bar with reward, accuracy, length, tokens/s) and summary tables."""
+"""Live progress of a run (a tqdm bar with reward, accuracy, length, tokens/s, peak memory) and summary tables."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ class StepProgress:
             "len": f"{metrics['completion_length/mean']:.0f}",
             "tok/s": f"{metrics['tokens_per_s']:.0f}",
         }
+        if "peak_memory_gb" in metrics:  # MLX's peak; the process's RSS peak (weights mapped in, Python...)
+            post["mem"] = f"{metrics['peak_memory_gb']:.1f}G/rss {metrics['peak_rss_gb']:.1f}G"
         if "eval/accuracy" in metrics:
             post["eval"] = f"{metrics['eval/accuracy']:.3f}"
         self.bar.set_postfix(post, refresh=False)

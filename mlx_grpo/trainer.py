@@ -42,6 +42,7 @@ from mlx_grpo.episodes import Episodes, EpisodeSource, step_seed
 from mlx_grpo.errors import UserError
 from mlx_grpo.evaluate import evaluate
 from mlx_grpo.grpo import compute_advantages
+from mlx_grpo.memory import PROMPT_ALLOWANCE, micro_batch_count, peak_memory
 from mlx_grpo.metrics import join_rows, row_values, step_metrics
 from mlx_grpo.model import add_lora, check_model_source, load_model
 from mlx_grpo.plots import plot_reward_accuracy
@@ -112,6 +113,10 @@ def _load(config: TrainConfig, reward_set: RewardSet, lock, *, resume: bool, ove
         seed=config.seed,
     )
     adapter_config["base_model"] = config.model
+    # a budget nothing fits fails here, not after the first rollout
+    micro_batch_count(
+        model, config.batch_size * config.num_generations, PROMPT_ALLOWANCE + config.max_completion_length, config
+    )
     optimizer = optim.AdamW(learning_rate=_schedule(config), weight_decay=config.weight_decay)
     optimizer.init(model.trainable_parameters())
     eval_tasks = test_tasks[: config.eval_samples]
@@ -201,7 +206,7 @@ def train_step(training: Training, source, loss_and_grad, step: int, stop=None) 
         stop.requested = stop.requested or any(s["stop"] for s in shares)
     lr = float(training.optimizer.learning_rate.item())  # set by the update to the rate it used
     times = {**episodes.seconds, "update": t2 - t1, "step": t2 - t0}
-    memory = {"peak_memory_gb": mx.get_peak_memory() / 2**30}
+    memory = peak_memory()
     times, memory = _slowest(times, memory)
     metrics = step_metrics(step, rows, c.num_generations, result, times, lr=lr, memory=memory)
     return metrics, episodes, advantages.tolist()
@@ -334,7 +339,7 @@ def _check_world(config: TrainConfig) -> None:
         raise UserError("--dynamic-sampling runs in one process only for now; drop it or run without mlx.launch")
     if config.batch_size % world:
         raise UserError(f"batch_size {config.batch_size} must be a multiple of the {world} ranks (whole groups each)")
-    if config.batch_size // world * config.num_generations % config.grad_accumulation:
+    if config.batch_size // world * config.num_generations % (config.grad_accumulation or 1):
         raise UserError(
             f"grad_accumulation {config.grad_accumulation} must divide each rank's "
             f"{config.batch_size // world * config.num_generations} rows (batch_size / ranks * num_generations)"

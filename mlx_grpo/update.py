@@ -2,6 +2,7 @@
 
     rollout [R rows] + advantages [R]
       -> micro_batches: k `MicroBatch`es of R/k rows, each carrying its groups' prompts once
+         (k = grad_accumulation, or the fewest that fit max_memory: `memory.micro_batch_count`)
       -> old_logps: the sampler's, or re-scored in full when top-p/top-k truncated the distribution
          (the ratio must compare like with like); ref_logps (adapters off) when β > 0
       -> μ times: Σ over micro-batches of grad(policy loss) -> clip to max_grad_norm -> AdamW
@@ -10,6 +11,11 @@
 Each micro-batch's loss is normalised by the whole batch's denominator (`grpo.batch_normalizer`), so
 the summed gradients equal the full batch's exactly, whatever `grad_accumulation` is. The old
 log-probs stay those of the policy that sampled through all μ updates (not refreshed in between).
+
+Memory scales with the micro-batch, not the batch: the fixed log-probs and each micro-batch's
+forward + backward are evaluated before the next micro-batch is built (the running gradient sum
+with them), so one micro-batch's activations are alive at a time; `gradient_checkpointing` keeps
+only each block's input of them (`logprobs.hidden_states`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from mlx_grpo import distributed
 from mlx_grpo.grpo import batch_normalizer, policy_loss
 from mlx_grpo.layout import PromptBatch
 from mlx_grpo.logprobs import sequence_logprobs
+from mlx_grpo.memory import micro_batch_count
 from mlx_grpo.model import adapters_disabled
 from mlx_grpo.rollout import Rollout
 from mlx_grpo.sampling import SamplingOptions
@@ -62,6 +69,7 @@ class UpdateResult:
     clip_frac_high: float  # share clipped above 1+ε_high (positive advantage)
     ratio: float  # mean probability ratio over active tokens
     skipped: bool  # some iteration's loss or gradient was not finite: no step taken
+    micro_batches: int = 1  # how many micro-batches the rows were split into
 
 
 def micro_batches(rollout: Rollout, advantages: mx.array, count: int) -> list[MicroBatch]:
@@ -84,7 +92,9 @@ def micro_batches(rollout: Rollout, advantages: mx.array, count: int) -> list[Mi
     return out
 
 
-def batch_logprobs(model: nn.Module, batch: MicroBatch, temperature: float, differentiable: bool = True) -> mx.array:
+def batch_logprobs(
+    model: nn.Module, batch: MicroBatch, temperature: float, differentiable: bool = True, checkpoint: bool = False
+) -> mx.array:
     """Log-probs `[r, T]` of a micro-batch's tokens under the model's current weights."""
     p = batch.prompts
     return sequence_logprobs(
@@ -97,6 +107,7 @@ def batch_logprobs(model: nn.Module, batch: MicroBatch, temperature: float, diff
         prompt_index=batch.prompt_index,
         shared=p.shared,
         differentiable=differentiable,
+        checkpoint=checkpoint,
     )
 
 
@@ -122,7 +133,7 @@ def make_loss(config) -> Callable:
     """`loss(model, batch, normalizer) -> (loss, metrics)`: the clipped GRPO loss of one micro-batch."""
 
     def loss(model: nn.Module, batch: MicroBatch, normalizer) -> tuple[mx.array, dict]:
-        logps = batch_logprobs(model, batch, config.temperature)  # [r, T]
+        logps = batch_logprobs(model, batch, config.temperature, checkpoint=config.gradient_checkpointing)  # [r, T]
         return policy_loss(
             logps,
             batch.old_logps,
@@ -148,8 +159,9 @@ def update(model, optimizer, loss_and_grad, rollout: Rollout, advantages: mx.arr
     """
     if config.mask_truncated_completions:
         rollout = replace(rollout, mask=rollout.mask * ~rollout.truncated[:, None])  # [R, T]
-    batches = micro_batches(rollout, advantages, min(config.grad_accumulation, rollout.tokens.shape[0]))
-    batches = with_fixed_logprobs(model, batches, config)
+    R, T = rollout.tokens.shape  # a dynamic-sampling step may hold fewer rows than B*G
+    count = min(micro_batch_count(model, R, rollout.prompts.tokens.shape[1] + T, config), R)
+    batches = with_fixed_logprobs(model, micro_batches(rollout, advantages, count), config)
     # data parallel: the whole batch's denominator (every rank has rows, each row at least one token)
     normalizer = distributed.all_sum(batch_normalizer(rollout.mask, config.loss_type, config.max_completion_length))
     results = [
@@ -157,7 +169,7 @@ def update(model, optimizer, loss_and_grad, rollout: Rollout, advantages: mx.arr
         for _ in range(config.num_iterations)
     ]
     mean = {k: sum(getattr(r, k) for r in results) / len(results) for k in ("loss", "grad_norm", *_TOKEN_METRICS)}
-    return UpdateResult(**mean, skipped=any(r.skipped for r in results))
+    return UpdateResult(**mean, skipped=any(r.skipped for r in results), micro_batches=count)
 
 
 _TOKEN_METRICS = ("kl", "clip_frac_low", "clip_frac_high", "ratio")
@@ -172,6 +184,7 @@ def _step(model, optimizer, loss_and_grad, batches: list[MicroBatch], normalizer
         loss = loss + mb_loss
         tokens = batch.mask.sum()  # the metrics are means over this micro-batch's active tokens
         token_sums = {k: token_sums[k] + mb_metrics[k] * tokens for k in _TOKEN_METRICS}
+        mx.eval(grads, loss, token_sums)  # frees this micro-batch's graph before the next is built
     tokens = mx.array(sum(b.num_tokens for b in batches))
     # data parallel: this rank's rows are a share of the batch, normalised by the whole batch's denominator
     grads = distributed.sum_gradients(grads)

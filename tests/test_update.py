@@ -70,11 +70,13 @@ def nudge_adapters(model, seed: int = 0) -> None:
     mx.eval(model.parameters())
 
 
-def test_grad_accumulation_gives_the_same_adapters(tiny_model_path, tmp_path, spaces_reward):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_grad_accumulation_gives_the_same_adapters(tiny_model_path, tmp_path, spaces_reward, checkpointing):
     episodes = None
     adapters = {}
     for k in (1, 2, 4):
-        training = prepare(config(tiny_model_path, tmp_path / f"k{k}", spaces_reward, grad_accumulation=k))
+        settings = dict(grad_accumulation=k, gradient_checkpointing=checkpointing and k > 1)  # k=1 plain: the reference
+        training = prepare(config(tiny_model_path, tmp_path / f"k{k}", spaces_reward, **settings))
         nudge_adapters(training.model)
         start = lora_weights(training.model)
         episodes = episodes or fixed_episodes(training)
@@ -82,6 +84,7 @@ def test_grad_accumulation_gives_the_same_adapters(tiny_model_path, tmp_path, sp
         run(training, source=lambda step, episodes=episodes: episodes, on_step=metrics.append, progress=False)
         adapters[k] = lora_weights(training.model)
         assert not any(m["skipped"] for m in metrics)
+        assert all(m["micro_batches"] == k and m["peak_memory_gb"] > 0 and m["peak_rss_gb"] > 0 for m in metrics)
         assert max(np.abs(adapters[k][n] - start[n]).max() for n in start) > 1e-3  # the adapters did train
     for k in (2, 4):
         assert_same_adapters(adapters[k], adapters[1], start)
