@@ -20,10 +20,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import mlx.core as mx
+from typing import TYPE_CHECKING
 
 from mlx_grpo.errors import UserError
+
+if TYPE_CHECKING:  # imported where used: the CLI imports this module for every command
+    import mlx.core as mx
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -188,6 +190,8 @@ def peft_config(adapter_config: dict, weights: dict[str, mx.array], base_model: 
 
 def write_peft(run: Run, dest: Path) -> None:
     """Write `adapter_model.safetensors` + `adapter_config.json` in PEFT's layout into `dest`."""
+    import mlx.core as mx
+
     kind = run.adapter_config.get("fine_tune_type", "lora")
     if kind != "lora":
         raise UserError(f"--format peft supports LoRA adapters only (this run is {kind!r})")

@@ -19,7 +19,6 @@ import click
 from mlx_grpo.cli import cli
 from mlx_grpo.config import LOSS_TYPES, SCALE_REWARDS, TrainConfig, build_config
 from mlx_grpo.errors import UserError
-from mlx_grpo.progress import format_table
 
 _HELP = {
     "model": "Hub id or local folder of an mlx-lm causal LM.",
@@ -60,8 +59,7 @@ _CHOICES = {
 }
 
 
-def _option(f: dataclasses.Field):
-    hint = typing.get_type_hints(TrainConfig)[f.name]
+def _option(f: dataclasses.Field, hint):
     if typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     flag = "--" + f.name.replace("_", "-")
@@ -77,8 +75,9 @@ def _option(f: dataclasses.Field):
 
 
 def config_options(func):
+    hints = typing.get_type_hints(TrainConfig)  # once: it evaluates every annotation of the class
     for f in reversed(dataclasses.fields(TrainConfig)):
-        func = _option(f)(func)
+        func = _option(f, hints[f.name])(func)
     return func
 
 
@@ -91,6 +90,7 @@ def config_options(func):
 def train(config_file, resume, overwrite, quiet, **flags):
     """Train LoRA adapters with GRPO (defaults: Qwen/Qwen3-0.6B on Countdown)."""
     from mlx_grpo.presets import preset_for_model
+    from mlx_grpo.progress import format_table
     from mlx_grpo.trainer import Trainer, TrainingInterrupted
 
     flags["rewards"] = list(flags["rewards"]) or None
@@ -211,6 +211,7 @@ def eval_command(
     from mlx_grpo.countdown.data import load_tasks
     from mlx_grpo.evaluate import evaluate
     from mlx_grpo.model import load_model
+    from mlx_grpo.progress import format_table
 
     if output and Path(output).exists():
         raise UserError(f"{output} already exists; choose another --output")
