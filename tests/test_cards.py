@@ -113,7 +113,10 @@ def test_fused_folder_gets_the_permissions_a_mkdir_gets(run, tmp_path, umask):
 def test_fused_bundled_model_decodes_as_the_base_does(tmp_path):
     run = make_run(tmp_path / "run", BUNDLED_MODEL)[0]
     export_run(run, tmp_path / "fused", fuse=True)
-    base, fused = AutoTokenizer.from_pretrained(str(BUNDLED_MODEL)), AutoTokenizer.from_pretrained(str(tmp_path / "fused"))
+    base, fused = (
+        AutoTokenizer.from_pretrained(str(BUNDLED_MODEL)),
+        AutoTokenizer.from_pretrained(str(tmp_path / "fused")),
+    )
     text = "<|im_start|>assistant\n<think>\n44 + 19 = 63\n</think>\n<answer> 44 + 19 </answer><|im_end|>"
     ids = base.encode(text, add_special_tokens=False)
     assert fused.encode(text, add_special_tokens=False) == ids
