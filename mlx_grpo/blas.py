@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 
 OPENBLAS_PATH = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"  # Debian libopenblas0-pthread
@@ -22,6 +21,8 @@ _CUDA_DISTRIBUTIONS = ("mlx-cuda", "mlx-cuda-12", "mlx-cuda-13")
 
 
 def _installed(distribution: str) -> bool:
+    from importlib import metadata  # ~30 ms: only the first process decides, the re-executed one need not
+
     try:
         metadata.version(distribution)
     except metadata.PackageNotFoundError:

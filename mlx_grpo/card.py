@@ -157,7 +157,7 @@ def model_card(
         f"# {repo.rsplit('/', 1)[-1]}\n",
         f"{what} `{base_id or Path(run.base_model).name}`, trained with GRPO (Group Relative Policy "
         "Optimization) using mlx-grpo (LoRA on MLX).\n",
-        _local_base_note(run, base) if base_id is None else "",
+        _local_base_note(run, base, kind) if base_id is None else "",
         _quantization_note(quantization),
         _results(metrics),
         _training(run, metrics),
@@ -169,12 +169,13 @@ def model_card(
     return "\n".join(p for p in parts if p)
 
 
-def _local_base_note(run: Run, placeholder: str) -> str:
+def _local_base_note(run: Run, placeholder: str, kind: str) -> str:
     name = Path(run.base_model).name
+    examples = "" if kind == "fused" else f", so the examples below write `{placeholder}` where your copy of it goes"
     return (
-        f"The base model is a local folder (`{name}`), not a model on the Hugging Face Hub, so the examples "
-        f"below write `{placeholder}` where your copy of it goes. Publish it and pass `--base-model-id "
-        "USER/NAME` to `mlx-grpo push` or `mlx-grpo fuse`, and the card names it instead.\n"
+        f"The base model is a local folder (`{name}`), not a model on the Hugging Face Hub{examples}. "
+        "Publish it and pass `--base-model-id USER/NAME` to `mlx-grpo push` or `mlx-grpo fuse`, and the "
+        "card names it instead.\n"
     )
 
 

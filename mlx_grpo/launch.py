@@ -21,10 +21,22 @@ def entry() -> None:
         from mlx_grpo.cli import main
 
         main()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Exception) as error:  # not SystemExit: main's own exits pass
+        if not _from_ctrl_c(error):
+            raise
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting changes nothing
         sys.stderr.write("aborted\n")
         sys.exit(130)
     finally:
         # The command is over; a Ctrl-C now could only interrupt the interpreter's own teardown.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _from_ctrl_c(error: BaseException | None) -> bool:
+    """A KeyboardInterrupt, or an error raised while one was handled: an extension module whose
+    initialisation Ctrl-C cut short (mlx.core) reports it as an ImportError from the interrupt."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

@@ -51,7 +51,7 @@ def _wait_until_started(proc: subprocess.Popen, reexec: bool) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [0.0, 0.02, 0.1, 0.3, 0.8, 2.0, 4.0])
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.1, 0.3, 0.5, 0.8, 1.2, 2.0, 4.0])
 def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tiny_model_path, tmp_path, delay):
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", GUARD_VAR)}  # the real start-up
     reexec = openblas_reexec_env(env) is not None
