@@ -58,7 +58,13 @@ def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tiny_model_path, t
     argv = [str(CONSOLE_SCRIPT), "train", "--model", str(tiny_model_path), "--dataset", "generate", "--quiet"]
     argv += ["--num-samples", "40", "--batch-size", "2", "--num-generations", "2", "--max-completion-length", "8"]
     argv += ["--max-steps", "200", "--eval-every", "0", "--output-dir", str(tmp_path / "run")]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # A caught signal is reset to its default across exec, an ignored one stays ignored: a test run
+    # from a background job (which ignores SIGINT) must still start mlx-grpo as a terminal would.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     _wait_until_started(proc, reexec)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
