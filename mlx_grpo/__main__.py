@@ -1,3 +1,3 @@
-from mlx_grpo.cli import entry
+from mlx_grpo.launch import entry
 
 entry()

@@ -9,9 +9,9 @@ process starts, so the CLI re-executes itself once with it; `MLX_GRPO_NO_OPENBLA
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 
 OPENBLAS_PATH = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"  # Debian libopenblas0-pthread
@@ -21,6 +21,8 @@ _CUDA_DISTRIBUTIONS = ("mlx-cuda", "mlx-cuda-12", "mlx-cuda-13")
 
 
 def _installed(distribution: str) -> bool:
+    from importlib import metadata  # ~30 ms: only the first process decides, the re-executed one need not
+
     try:
         metadata.version(distribution)
     except metadata.PackageNotFoundError:
@@ -61,19 +63,29 @@ def openblas_reexec_env(environ: dict | None = None, library: str = OPENBLAS_PAT
 def maybe_reexec_with_openblas(argv: Sequence[str] | None = None) -> None:
     """Re-execute this interpreter once with OpenBLAS preloaded, when that applies; else return.
 
-    Call it first thing in a program's entry point, before any work is done.
+    Call it first thing in a program's entry point, before any work is done. A Ctrl-C during the
+    re-exec is held (SIGINT blocked; the mask and a pending signal survive exec) and raised as
+    KeyboardInterrupt when the new process calls this again, rather than killing the new
+    interpreter before it can handle it.
 
     Args:
         argv: the full interpreter command line to run again; default `sys.orig_argv`, which
             covers `mlx-grpo ...`, `python -m mlx_grpo ...` and `python script.py ...` alike.
     """
+    if os.environ.get(GUARD_VAR):  # the re-executed process: take the Ctrl-C held across exec, if any
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        return
     env = openblas_reexec_env()
     if env is None:
         return
     argv = list(sys.orig_argv if argv is None else argv)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+    finally:  # exec failed (it does not return otherwise)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def blas_info() -> str:

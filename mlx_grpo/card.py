@@ -1,8 +1,9 @@
 """The model card (README.md) of an uploaded run: Hub metadata, how it was trained, how to use it.
 
-Pure functions of the run's configs and metrics: `summarize_metrics` picks the final training
-step and the evaluations out of metrics.jsonl; `model_card` renders the card for one of three
-repo kinds (mlx adapters, PEFT adapters, fused MLX model).
+Functions of the run's configs and metrics: `summarize_metrics` picks the final training step and
+the evaluations out of metrics.jsonl; `model_card` renders the card for one of three repo kinds
+(mlx adapters, PEFT adapters, fused MLX model). The base model is named by its Hub id (`base_hub_id`)
+and never by a path on this machine; its licence comes from its own card when there is one.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import yaml
 
 from mlx_grpo.countdown.prompts import build_messages
 from mlx_grpo.countdown.tasks import Task
+from mlx_grpo.errors import UserError
 from mlx_grpo.rundir import Run, read_jsonl
 
-# Licences of base models whose terms are known; the card leaves the field out for the rest.
+# Licences of base model families whose terms are known, for bases whose own card is not at hand;
+# the card leaves the field out for the rest.
 _LICENSES = {"Qwen/Qwen3-": "apache-2.0", "mlx-community/Qwen3-": "apache-2.0"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # A local path inside the Hub cache still names its repo: .../models--Qwen--Qwen3-0.6B/snapshots/<sha>
@@ -37,6 +40,39 @@ def hub_id(name: str | None) -> str | None:
     if Path(name).expanduser().exists() or not _HUB_ID.match(name) or ".." in name:
         return None
     return name
+
+
+def base_hub_id(run: Run, base_model_id: str | None = None) -> str | None:
+    """The Hub id of the run's base model: `base_model_id` (`--base-model-id`, for a local copy of a
+    Hub model), else the id the run loaded it by (a cached snapshot's path names its repo too), else
+    None: the base is a local folder, and cards and PEFT configs say so instead of naming its path."""
+    if base_model_id is None:
+        return hub_id(run.base_model)
+    if not _HUB_ID.match(base_model_id) or ".." in base_model_id:
+        raise UserError(f"--base-model-id must be a Hub repo id of the form USER/NAME, got {base_model_id!r}")
+    return base_model_id
+
+
+def base_license(base_model: str, base_id: str | None) -> str | None:
+    """The base model's licence: the `license` of its own card (README.md front matter) in its local
+    folder or, for a Hub id, in the local Hub cache (offline); else a known family's; else None."""
+    meta = _card_metadata_of(base_model, base_id)
+    if isinstance(meta.get("license"), str):
+        return meta["license"]
+    return next((v for prefix, v in _LICENSES.items() if base_id and base_id.startswith(prefix)), None)
+
+
+def _card_metadata_of(base_model: str, base_id: str | None) -> dict:
+    from huggingface_hub import metadata_load, try_to_load_from_cache
+
+    readme = Path(base_model).expanduser() / "README.md"
+    if not readme.is_file() and base_id:
+        cached = try_to_load_from_cache(base_id, "README.md")
+        readme = Path(cached) if isinstance(cached, str) else readme
+    try:
+        return (metadata_load(readme) or {}) if readme.is_file() else {}
+    except (OSError, ValueError, yaml.YAMLError):  # an unreadable card: as if there were none
+        return {}
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -63,26 +99,37 @@ def summarize_metrics(rows: list[dict]) -> dict:
     return summary
 
 
-def card_metadata(run: Run, kind: str) -> dict:
-    """The card's YAML front matter (Hub metadata)."""
-    base = hub_id(run.base_model)
+def card_metadata(run: Run, kind: str, *, base_model_id: str | None = None, quantization: dict | None = None) -> dict:
+    """The card's YAML front matter (Hub metadata); `quantization` is a fused model's config entry."""
+    base = base_hub_id(run, base_model_id)
     dataset = hub_id(run.train_config.get("dataset"))
     meta: dict = {}
     if base:
         meta["base_model"] = base
         meta["base_model_relation"] = "finetune" if kind == "fused" else "adapter"
-    license_ = next((v for prefix, v in _LICENSES.items() if base and base.startswith(prefix)), None)
+    license_ = base_license(run.base_model, base)
     if license_:
         meta["license"] = license_
     meta["library_name"] = "peft" if kind == "peft" else "mlx"
     meta["pipeline_tag"] = "text-generation"
     meta["tags"] = ["mlx", "grpo", "lora", "reinforcement-learning", "mlx-grpo", *(["peft"] if kind == "peft" else [])]
+    if quantization:
+        meta["tags"] += [f"{quantization['bits']}-bit", "quantized"]
     if dataset:
         meta["datasets"] = [dataset]
     return meta
 
 
-def model_card(run: Run, *, kind: str, repo: str, metrics: dict, plots: list[str]) -> str:
+def model_card(
+    run: Run,
+    *,
+    kind: str,
+    repo: str,
+    metrics: dict,
+    plots: list[str],
+    base_model_id: str | None = None,
+    quantization: dict | None = None,
+) -> str:
     """README.md text: YAML front matter, then training summary, results, usage, and plots.
 
     Args:
@@ -91,9 +138,14 @@ def model_card(run: Run, *, kind: str, repo: str, metrics: dict, plots: list[str
         repo: the Hub repo id (USER/NAME) the card is for, or the local folder's absolute path.
         metrics: `summarize_metrics(...)` of the run.
         plots: plot files relative to the card, e.g. ["plots/reward_accuracy.png"].
+        base_model_id: the base's Hub id when the run loaded it from a local folder (`base_hub_id`).
+        quantization: a fused model's `quantization` config entry ({"bits", "group_size"}), if any.
     """
-    base = hub_id(run.base_model) or run.base_model
-    front = yaml.safe_dump(card_metadata(run, kind), sort_keys=False, allow_unicode=True)
+    base_id = base_hub_id(run, base_model_id)
+    # A local base is named by a placeholder in the snippets: its path works on this machine only.
+    base = base_id or f"path/to/{Path(run.base_model).name}"
+    meta = card_metadata(run, kind, base_model_id=base_model_id, quantization=quantization)
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
     what = {
         "adapters": "LoRA adapters (mlx-lm format) for",
         "peft": "LoRA adapters (PEFT format) for",
@@ -102,7 +154,10 @@ def model_card(run: Run, *, kind: str, repo: str, metrics: dict, plots: list[str
     parts = [
         f"---\n{front}---\n",
         f"# {repo.rsplit('/', 1)[-1]}\n",
-        f"{what} `{base}`, trained with GRPO (Group Relative Policy Optimization) using mlx-grpo (LoRA on MLX).\n",
+        f"{what} `{base_id or Path(run.base_model).name}`, trained with GRPO (Group Relative Policy "
+        "Optimization) using mlx-grpo (LoRA on MLX).\n",
+        _local_base_note(run, base, kind) if base_id is None else "",
+        _quantization_note(quantization),
         _results(metrics),
         _training(run, metrics),
         _usage(kind, repo, base, run.train_config),
@@ -111,6 +166,26 @@ def model_card(run: Run, *, kind: str, repo: str, metrics: dict, plots: list[str
         else "",
     ]
     return "\n".join(p for p in parts if p)
+
+
+def _local_base_note(run: Run, placeholder: str, kind: str) -> str:
+    name = Path(run.base_model).name
+    examples = "" if kind == "fused" else f", so the examples below write `{placeholder}` where your copy of it goes"
+    return (
+        f"The base model is a local folder (`{name}`), not a model on the Hugging Face Hub{examples}. "
+        "Publish it and pass `--base-model-id USER/NAME` to `mlx-grpo push` or `mlx-grpo fuse`, and the "
+        "card names it instead.\n"
+    )
+
+
+def _quantization_note(quantization: dict | None) -> str:
+    if not quantization:
+        return ""
+    mode = quantization.get("mode", "affine")
+    return (
+        f"The weights are quantized to {quantization['bits']} bits (group size {quantization['group_size']}, "
+        f"{mode} quantization, as `mlx_lm.convert -q` does); the norms stay in full precision.\n"
+    )
 
 
 def _pct(value) -> str:

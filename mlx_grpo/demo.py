@@ -3,9 +3,10 @@
     mlx-grpo demo               # about 6 minutes on 2 CPU cores; writes runs/demo
     mlx-grpo demo --quick       # a smoke run of a few seconds (a few steps, a few tasks)
 
-1. Baseline: greedy accuracy and format rate of the bundled model (weights/countdown-tiny) on
-   held-out generated tasks (generator seed EVAL_SEED, which neither the recipe nor the run trains
-   on) and on the first rows of ../shared/data/countdown_real_sample.jsonl when that file exists.
+1. Baseline: greedy accuracy and format rate of the bundled model (package data,
+   mlx_grpo/weights/countdown-tiny; a checkout's weights/ links to it) on held-out generated tasks
+   (generator seed EVAL_SEED, which neither the recipe nor the run trains on) and on the first rows
+   of ../shared/data/countdown_real_sample.jsonl when that file exists beside the checkout.
 2. `mlx-grpo train --model weights/countdown-tiny`: the settings are the preset that ships in the
    model folder (`mlx_grpo.yaml`), so the demo trains exactly as that command does.
 3. The same evaluation with the trained adapters; a before/after table, and `demo.json` (both
@@ -23,9 +24,10 @@ from mlx_grpo.countdown.generator import generate_tasks
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLED_MODEL = REPO / "weights" / "countdown-tiny"
-REAL_ROWS = REPO.parent / "shared" / "data" / "countdown_real_sample.jsonl"
+# Package data, so an installed mlx-grpo finds it too; a checkout's weights/ links to the same folder.
+BUNDLED_MODEL = Path(__file__).resolve().parent / "weights" / "countdown-tiny"
+# Beside a source checkout only (../shared/data); elsewhere the demo skips the real rows.
+REAL_ROWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "countdown_real_sample.jsonl"
 EVAL_SEED = 777_777  # generator seed of the held-out tasks; the recipe skips every one of them
 EVAL_TASKS = 1000
 REAL_TASKS = 2000  # all rows of the sample file

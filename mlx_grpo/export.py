@@ -19,11 +19,13 @@ import contextlib
 import json
 import re
 from pathlib import Path
-
-import mlx.core as mx
+from typing import TYPE_CHECKING
 
 from mlx_grpo.errors import UserError
 from mlx_grpo.rundir import ADAPTER_WEIGHTS, Run
+
+if TYPE_CHECKING:  # imported where used: the CLI imports this module for every command
+    import mlx.core as mx
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
@@ -111,8 +113,12 @@ def peft_tensors(weights: dict[str, mx.array]) -> dict[str, mx.array]:
     return out
 
 
-def peft_config(adapter_config: dict, weights: dict[str, mx.array], base_model: str) -> dict:
-    """PEFT's `adapter_config.json` for these adapters: alpha / r equals mlx-lm's scale."""
+def peft_config(adapter_config: dict, weights: dict[str, mx.array], base_model: str | None) -> dict:
+    """PEFT's `adapter_config.json` for these adapters: alpha / r equals mlx-lm's scale.
+
+    `base_model` is the base's Hub id, or None for a local base (PEFT's own default when unknown):
+    a path on this machine would send `AutoPeftModel` looking for a folder nobody else has.
+    """
     params = adapter_config["lora_parameters"]
     rank, scale = int(params["rank"]), float(params["scale"])
     alpha = scale * rank
@@ -137,8 +143,11 @@ def peft_config(adapter_config: dict, weights: dict[str, mx.array], base_model: 
     }
 
 
-def write_peft(run: Run, dest: Path) -> None:
-    """Write `adapter_model.safetensors` + `adapter_config.json` in PEFT's layout into `dest`."""
+def write_peft(run: Run, dest: Path, base_model: str | None) -> None:
+    """Write `adapter_model.safetensors` + `adapter_config.json` in PEFT's layout into `dest`;
+    `base_model` is the Hub id recorded as the base (None: a local base, see `peft_config`)."""
+    import mlx.core as mx
+
     kind = run.adapter_config.get("fine_tune_type", "lora")
     if kind != "lora":
         raise UserError(f"--format peft supports LoRA adapters only (this run is {kind!r})")
@@ -146,5 +155,5 @@ def write_peft(run: Run, dest: Path) -> None:
     tensors = peft_tensors(weights)
     dest.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(dest / PEFT_WEIGHTS), tensors, metadata={"format": "pt"})
-    config = peft_config(run.adapter_config, weights, run.base_model)
+    config = peft_config(run.adapter_config, weights, base_model)
     (dest / PEFT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")

@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlx_grpo import __version__
-from mlx_grpo.card import model_card, read_metrics, summarize_metrics
+from mlx_grpo.card import base_hub_id, model_card, read_metrics, summarize_metrics
 from mlx_grpo.errors import UserError
 from mlx_grpo.export import fuse_into_model, write_peft
 from mlx_grpo.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METRICS, PLOTS, Run, read_run
@@ -74,23 +75,27 @@ def stage_run(
     dequantize: bool = False,
     fmt: str = "mlx",
     trust_remote_code: bool = False,
+    base_model_id: str | None = None,
 ) -> list[str]:
     """Write the folder a Hub repo of this run holds into `dest`; return its files (relative).
 
-    `repo` is the Hub id (or, for a local export, the final folder) the model card points users to.
+    `repo` is the Hub id (or, for a local export, the final folder) the model card points users to;
+    `base_model_id` the base's Hub id when the run loaded a local copy of it (see `card.base_hub_id`).
 
     Layout: the model files (mlx adapters, PEFT adapters, or a fused model), README.md (the card),
     training_config.json (the run's config.json, renamed so it cannot clash with a fused model's
     config.json), final_metrics.json and plots/*.png when the run has them.
     """
     dest.mkdir(parents=True, exist_ok=True)
+    quantization = None
     if fuse:
         fuse_into_model(run, dest, quantize=quantize, dequantize=dequantize, trust_remote_code=trust_remote_code)
+        quantization = json.loads((dest / "config.json").read_text()).get("quantization")
     elif fmt == "peft":
-        write_peft(run, dest)
+        write_peft(run, dest, base_hub_id(run, base_model_id))
     else:
-        for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
-            shutil.copyfile(run.path / name, dest / name)
+        shutil.copyfile(run.path / ADAPTER_WEIGHTS, dest / ADAPTER_WEIGHTS)
+        _write_adapter_config(run, dest / ADAPTER_CONFIG, base_hub_id(run, base_model_id))
     if run.train_config:
         (dest / "training_config.json").write_text(json.dumps(run.train_config, indent=2) + "\n")
     metrics = summarize_metrics(read_metrics(run.path / METRICS))
@@ -102,9 +107,25 @@ def stage_run(
         for plot in plots:
             shutil.copyfile(plot, dest / "plots" / plot.name)
     kind = "fused" if fuse else ("peft" if fmt == "peft" else "adapters")
-    card = model_card(run, kind=kind, repo=repo, metrics=metrics, plots=[f"plots/{p.name}" for p in plots])
+    card = model_card(
+        run,
+        kind=kind,
+        repo=repo,
+        metrics=metrics,
+        plots=[f"plots/{p.name}" for p in plots],
+        base_model_id=base_model_id,
+        quantization=quantization,
+    )
     (dest / "README.md").write_text(card)
     return list_files(dest)
+
+
+def _write_adapter_config(run: Run, path: Path, base_id: str | None) -> None:
+    """The run's adapter config naming its base by Hub id; a local base's path is left out."""
+    config = {key: value for key, value in run.adapter_config.items() if key != "base_model"}
+    if base_id:
+        config["base_model"] = base_id
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def list_files(folder: Path) -> list[str]:
@@ -124,6 +145,7 @@ def push_run(
     model: str | None = None,
     dequantize: bool = False,
     trust_remote_code: bool = False,
+    base_model_id: str | None = None,
 ) -> PushResult:
     """Upload a run directory to the Hub as a model repo (adapters by default).
 
@@ -135,6 +157,7 @@ def push_run(
         dry_run: stage only; the staged folder is kept and returned, nothing is uploaded.
         token: a Hub token; default: HF_TOKEN or the stored login. Never written or printed.
         model: base model override (default: the one the run recorded).
+        base_model_id: the base's Hub id, for a run trained on a local copy of a Hub model.
 
     Raises:
         UserError: bad input, no token, or any Hub failure (auth, missing repo, network).
@@ -142,6 +165,7 @@ def push_run(
     check_repo_id(repo_id)
     check_options(fuse=fuse, quantize=quantize, fmt=fmt, dequantize=dequantize)
     run = read_run(run_dir, model=model)
+    base_hub_id(run, base_model_id)  # a bad --base-model-id fails before any model is loaded
     token = _resolve_token(token, required=not dry_run)
     staged = Path(tempfile.mkdtemp(prefix="mlx-grpo-push-"))
     keep = False
@@ -155,6 +179,7 @@ def push_run(
             dequantize=dequantize,
             fmt=fmt,
             trust_remote_code=trust_remote_code,
+            base_model_id=base_model_id,
         )
         if token:
             _check_token_absent(staged, token)
@@ -179,6 +204,7 @@ def export_run(
     dequantize: bool = False,
     fmt: str = "mlx",
     trust_remote_code: bool = False,
+    base_model_id: str | None = None,
 ) -> list[str]:
     """Stage a run into the local folder `output` (as `push_run` would upload it); return its files.
 
@@ -188,10 +214,13 @@ def export_run(
     """
     check_options(fuse=fuse, quantize=quantize, fmt=fmt, dequantize=dequantize)
     run = read_run(run_dir, model=model)
+    base_hub_id(run, base_model_id)
     output = Path(output).expanduser().resolve()
     _check_output(output, run, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    # mkdir, not mkdtemp: the folder keeps the user's umask (mkdtemp's is 0700), as mlx_lm.fuse's does.
+    partial = output.with_name(f".{output.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+    partial.mkdir()
     try:
         files = stage_run(
             run,
@@ -202,6 +231,7 @@ def export_run(
             dequantize=dequantize,
             fmt=fmt,
             trust_remote_code=trust_remote_code,
+            base_model_id=base_model_id,
         )
         if output.exists():
             old = output.with_name(f".{output.name}.old-{os.getpid()}")

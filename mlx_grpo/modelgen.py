@@ -16,6 +16,13 @@ from mlx.utils import tree_flatten, tree_map
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
+
+def is_special(token: str) -> bool:
+    """Whether decoding with `skip_special_tokens=True` drops `token`: the ChatML control tokens do;
+    <think> and </think> are text, as in Qwen3's own tokenizer, so the reasoning tags survive."""
+    return token.startswith("<|")
+
+
 # ChatML with Qwen3's thinking switch: with enable_thinking=false the generation header carries an
 # empty think block, as Qwen3's own template does; otherwise the model opens <think> itself.
 CHAT_TEMPLATE = (
@@ -121,10 +128,19 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512):
 
 
 def save_tokenizer(tokenizer, path: str | Path, model_max_length: int = 4096) -> Path:
-    """Write `tokenizer.json` and a `tokenizer_config.json` with the ChatML template."""
+    """Write `tokenizer.json` and a `tokenizer_config.json` with the ChatML template.
+
+    Both files mark the same tokens special (`is_special`): the trainer's `special_tokens` makes all
+    five special in `tokenizer.json`, while transformers re-saves (a fused model) from the config's
+    `added_tokens_decoder`, so two different flags would decode base and fused models differently.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(path / "tokenizer.json"))
+    data = json.loads(tokenizer.to_str())
+    for added in data["added_tokens"]:
+        added["special"] = is_special(added["content"])
+    # indent 2 without ASCII escapes is byte for byte what `tokenizer.save()` writes.
+    (path / "tokenizer.json").write_text(json.dumps(data, indent=2, ensure_ascii=False))
     added = {
         str(tokenizer.token_to_id(tok)): {
             "content": tok,
@@ -132,7 +148,7 @@ def save_tokenizer(tokenizer, path: str | Path, model_max_length: int = 4096) ->
             "normalized": False,
             "rstrip": False,
             "single_word": False,
-            "special": tok.startswith("<|"),
+            "special": is_special(tok),
         }
         for tok in SPECIAL_TOKENS
     }

@@ -14,9 +14,6 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 DPI = 100
 WIDTH, HEIGHT = 900, 500  # pixels of every PNG written here
 SMOOTH_FROM = 20  # series with at least this many points also get a running mean
@@ -139,6 +136,10 @@ def _draw(
     rate: bool = False,
 ) -> Path:
     """Draw line series (the first one bold) and point series on one axis; write the PNG."""
+    # Imported on first use: matplotlib takes ~0.5 s to import, which every CLI command would pay.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     drawn = 0

@@ -95,3 +95,15 @@ def test_quick_demo_end_to_end_and_no_clobbering(tmp_path, capsys):
         main(args)
     assert exit_info.value.code == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_shipped_tokenizer_files_agree_and_the_weights_are_the_measured_ones():
+    import hashlib
+
+    from test_modelgen import _special_flags
+
+    backend, config = _special_flags(BUNDLED_MODEL)
+    assert backend == config and not backend["<think>"] and not backend["</think>"] and backend["<|im_end|>"]
+    # The README's demo figures were measured with these weights; retraining them changes this hash.
+    digest = hashlib.sha256((BUNDLED_MODEL / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == "4cb8a22fe2049e03230417ad4f7405af9f7553bf0f4e941af56419d2e241d236"

@@ -86,7 +86,7 @@ def run(tmp_path_factory, tiny_model_path):
 
 def test_peft_export_applied_with_numpy_matches_the_mlx_lora_layers(run, tmp_path):
     run_dir, model = run
-    write_peft(read_run(run_dir), tmp_path)
+    write_peft(read_run(run_dir), tmp_path, None)
     tensors = load_file(str(tmp_path / "adapter_model.safetensors"))
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["task_type"] == "CAUSAL_LM"
@@ -116,7 +116,7 @@ def test_peft_export_refuses_dora(run, tmp_path):
     lora = read_run(run_dir)
     dora = dataclasses.replace(lora, adapter_config={**lora.adapter_config, "fine_tune_type": "dora"})
     with pytest.raises(UserError, match="LoRA adapters only"):
-        write_peft(dora, tmp_path)
+        write_peft(dora, tmp_path, None)
 
 
 def test_fused_folder_loads_alone_and_matches_base_plus_adapters(run, tmp_path, tiny_model_path):

@@ -22,3 +22,19 @@ def test_tiny_model_loads_with_mlx_lm_and_has_chatml_template(tiny_model_path):
     assert tokenizer.decode(ids) == "<think>44 + 19</think>"
     logits = model(mx.array([ids]))
     assert logits.shape == (1, len(ids), config["vocab_size"])
+
+
+def _special_flags(folder) -> tuple[dict, dict]:
+    """(tokenizer.json's, tokenizer_config.json's) special flag of each added token, by content."""
+    backend = json.loads((folder / "tokenizer.json").read_text())["added_tokens"]
+    config = json.loads((folder / "tokenizer_config.json").read_text())["added_tokens_decoder"].values()
+    return {t["content"]: t["special"] for t in backend}, {t["content"]: t["special"] for t in config}
+
+
+def test_both_tokenizer_files_mark_the_same_tokens_special_as_qwen3_does(tiny_model_path):
+    backend, config = _special_flags(tiny_model_path)
+    assert backend == config
+    assert [t for t, special in backend.items() if special] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    _, tokenizer = mlx_lm.load(str(tiny_model_path))
+    ids = tokenizer.encode("<|im_start|><think>44 + 19</think><|im_end|>", add_special_tokens=False)
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "<think>44 + 19</think>"

@@ -1,6 +1,7 @@
 """The `mlx-grpo` command line: one click group; each sub-module adds its own commands.
 
-Every UserError (and any OSError about a path the user named) becomes one line on stderr and exit
+The process starts in mlx_grpo.launch; each command imports what is heavy (mlx, matplotlib,
+datasets) in its own body, so that `mlx-grpo --help` starts at once. Every UserError (and any OSError about a path the user named) becomes one line on stderr and exit
 code 2; a traceback is reserved for bugs.
 """
 
@@ -29,14 +30,6 @@ def _register() -> None:
         report,
         train,
     )
-
-
-def entry() -> None:
-    """The console script and `python -m mlx_grpo`: the OpenBLAS fast path first (Linux CPU only)."""
-    from mlx_grpo.blas import maybe_reexec_with_openblas
-
-    maybe_reexec_with_openblas()
-    main()
 
 
 # `mlx-grpo` with no command: click shows the help text through an exception (click >= 8.2).

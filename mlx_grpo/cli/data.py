@@ -12,7 +12,6 @@ from pathlib import Path
 import click
 
 from mlx_grpo.cli import cli
-from mlx_grpo.countdown.data import load_tasks, read_tasks, task_stats
 from mlx_grpo.countdown.generator import generate_tasks
 from mlx_grpo.countdown.solver import solve, worked_solution
 from mlx_grpo.errors import UserError
@@ -81,6 +80,8 @@ data.add_command(solve_cmd, name="solve")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as one JSON object.")
 def stats(source: str, num: int | None, seed: int, as_json: bool):
     """Statistics of SOURCE: a .jsonl/.json/.parquet/.csv file, a Hub dataset id, or 'generate'."""
+    from mlx_grpo.countdown.data import load_tasks, read_tasks, task_stats  # numpy, and datasets for a Hub id
+
     if num is None and source != "generate":
         tasks = read_tasks(source)  # every task: the statistics do not depend on the order
     else:

@@ -17,6 +17,11 @@ _quantize = click.option(
 )
 _model = click.option("--model", default=None, help="Base model (hub id or path); default: the one the run recorded.")
 _trust = click.option("--trust-remote-code", is_flag=True, help="Let the base model's own code run when loading it.")
+_base_id = click.option(
+    "--base-model-id",
+    metavar="USER/NAME",
+    help="Hub id of the base, when the run trained a local copy of it (the card and PEFT config name it).",
+)
 
 
 @cli.command()
@@ -35,9 +40,10 @@ _trust = click.option("--trust-remote-code", is_flag=True, help="Let the base mo
     help="Adapter layout: mlx (mlx-lm) or peft (transformers + peft).",
 )
 @_model
+@_base_id
 @_trust
 @click.option("--dry-run", is_flag=True, help="Stage the folder, print its path and files, upload nothing.")
-def push(run_dir, repo_id, private, fuse, quantize, dequantize, fmt, model, trust_remote_code, dry_run):
+def push(run_dir, repo_id, private, fuse, quantize, dequantize, fmt, model, base_model_id, trust_remote_code, dry_run):
     """Upload the run in RUN_DIR to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`)."""
     result = push_run(
         run_dir,
@@ -50,6 +56,7 @@ def push(run_dir, repo_id, private, fuse, quantize, dequantize, fmt, model, trus
         model=model,
         dequantize=dequantize,
         trust_remote_code=trust_remote_code,
+        base_model_id=base_model_id,
     )
     if result.uploaded:
         click.echo(f"uploaded {len(result.files)} files to {result.url}")
@@ -65,8 +72,9 @@ def push(run_dir, repo_id, private, fuse, quantize, dequantize, fmt, model, trus
 @click.option("--dequantize", is_flag=True, help="Save full-precision weights even if the base is quantized.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --output folder.")
 @_model
+@_base_id
 @_trust
-def fuse(run_dir, output, quantize, dequantize, overwrite, model, trust_remote_code):
+def fuse(run_dir, output, quantize, dequantize, overwrite, model, base_model_id, trust_remote_code):
     """Merge the run's adapters into its base model and save a complete MLX model folder."""
     files = export_run(
         run_dir,
@@ -77,6 +85,7 @@ def fuse(run_dir, output, quantize, dequantize, overwrite, model, trust_remote_c
         quantize=_bits(quantize),
         dequantize=dequantize,
         trust_remote_code=trust_remote_code,
+        base_model_id=base_model_id,
     )
     click.echo(f"fused model written to {output}")
     _echo_files(Path(output), files)

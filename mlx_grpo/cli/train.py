@@ -20,15 +20,13 @@ import click
 from mlx_grpo.cli import cli
 from mlx_grpo.config import TrainConfig, build_config
 from mlx_grpo.errors import UserError
-from mlx_grpo.progress import format_table
 
 
 def _help(name: str) -> str:
     return next(f.metadata["help"] for f in dataclasses.fields(TrainConfig) if f.name == name)
 
 
-def _option(f: dataclasses.Field):
-    hint = typing.get_type_hints(TrainConfig)[f.name]
+def _option(f: dataclasses.Field, hint):
     if typing.get_origin(hint) in (typing.Union, types.UnionType):  # `X | None`: a flag of type X
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     flag = "--" + f.name.replace("_", "-")
@@ -45,8 +43,9 @@ def _option(f: dataclasses.Field):
 
 
 def config_options(func):
+    hints = typing.get_type_hints(TrainConfig)  # once: it evaluates every annotation of the class
     for f in reversed(dataclasses.fields(TrainConfig)):
-        func = _option(f)(func)
+        func = _option(f, hints[f.name])(func)
     return func
 
 
@@ -60,6 +59,7 @@ def train(config_file, resume, overwrite, quiet, **flags):
     """Train LoRA adapters with GRPO (defaults: Qwen/Qwen3-0.6B on Countdown)."""
     from mlx_grpo import distributed, trainer
     from mlx_grpo.presets import preset_for_model
+    from mlx_grpo.progress import format_table
 
     flags["rewards"] = list(flags["rewards"]) or None
     if flags.get("quantize") is not None:
@@ -183,6 +183,7 @@ def eval_command(
     from mlx_grpo.countdown.data import load_tasks
     from mlx_grpo.evaluate import evaluate
     from mlx_grpo.model import load_model
+    from mlx_grpo.progress import format_table
 
     if output and Path(output).exists():
         raise UserError(f"{output} already exists; choose another --output")
