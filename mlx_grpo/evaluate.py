@@ -44,46 +44,56 @@ def evaluate(
     """
     mine = distributed.shard(len(tasks))  # this rank's block: seeds follow the global positions
     before = len(samples) if samples is not None else 0
-    correct = well_formed = equations = length = forced = 0
-    solved_by_sampling = 0
-    greedy_sampling = SamplingOptions(max_tokens, 0.0, budget=budget)
-    pass_sampling = SamplingOptions(max_tokens, temperature, budget=budget)
+    options = SamplingOptions(max_tokens, 0.0, budget=budget), SamplingOptions(max_tokens, temperature, budget=budget)
     common = dict(enable_thinking=enable_thinking, prefill=prefill)
-    batches = range(mine.start, mine.stop, batch_size)
-    for start in tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False):
+    totals = dict.fromkeys(_COUNTS, 0)
+    for start in tqdm(
+        range(mine.start, mine.stop, batch_size), desc="eval", unit="batch", disable=not progress, leave=False
+    ):
         chunk = tasks[start : min(start + batch_size, mine.stop)]
-        greedy = run_episodes(
-            model, tokenizer, chunk, group_size=1, sampling=greedy_sampling, seed=seed + start, **common
-        )
-        correct += sum(v.correct for v in greedy.verdicts)
-        well_formed += sum(v.well_formed for v in greedy.verdicts)
-        equations += sum(v.is_equation for v in greedy.verdicts)
-        forced += sum(greedy.forced)
-        length += int(greedy.rollout.lengths.sum().item())
-        if samples is not None:
-            samples.extend(
-                {"target": t.target, "nums": list(t.nums), "completion": c, "correct": v.correct}
-                for t, c, v in zip(chunk, greedy.completions, greedy.verdicts)
-            )
-        if pass_k > 1:
-            sampled = run_episodes(
-                model, tokenizer, chunk, group_size=pass_k, sampling=pass_sampling, seed=seed + start + 1, **common
-            )
-            hits = [any(sampled.correct[i * pass_k : (i + 1) * pass_k]) for i in range(len(chunk))]
-            solved_by_sampling += sum(hits)
-    counts = mx.array([correct, well_formed, equations, length, forced, solved_by_sampling])
-    correct, well_formed, equations, length, forced, solved_by_sampling = distributed.all_sum(counts).tolist()
+        counts = _score_chunk(model, tokenizer, chunk, options, pass_k, seed + start, samples, common)
+        totals = {k: totals[k] + counts[k] for k in _COUNTS}
+    summed = dict(zip(_COUNTS, distributed.all_sum(mx.array([totals[k] for k in _COUNTS])).tolist()))
     if samples is not None:  # every rank's, in task order
         samples[before:] = [s for share in distributed.gather(samples[before:]) for s in share]
     n = max(len(tasks), 1)
     result = {
-        "accuracy": correct / n,
-        "format_rate": well_formed / n,
-        "equation_rate": equations / n,
-        "completion_length": length / n,
-        "forced_frac": forced / n,
+        "accuracy": summed["correct"] / n,
+        "format_rate": summed["well_formed"] / n,
+        "equation_rate": summed["equations"] / n,
+        "completion_length": summed["length"] / n,
+        "forced_frac": summed["forced"] / n,
         "num_tasks": len(tasks),
     }
     if pass_k > 1:
-        result[f"pass@{pass_k}"] = solved_by_sampling / n
+        result[f"pass@{pass_k}"] = summed["solved"] / n
     return result
+
+
+_COUNTS = ("correct", "well_formed", "equations", "length", "forced", "solved")
+
+
+def _score_chunk(model, tokenizer, chunk: list[Task], options, pass_k: int, seed: int, samples, common) -> dict:
+    """Counts over one batch of tasks: greedy verdicts, tokens, forced closes, and pass@k hits."""
+    greedy_options, pass_options = options
+    greedy = run_episodes(model, tokenizer, chunk, group_size=1, sampling=greedy_options, seed=seed, **common)
+    if samples is not None:
+        samples.extend(
+            {"target": t.target, "nums": list(t.nums), "completion": c, "correct": v.correct}
+            for t, c, v in zip(chunk, greedy.completions, greedy.verdicts)
+        )
+    solved = 0
+    if pass_k > 1:
+        sampled = run_episodes(
+            model, tokenizer, chunk, group_size=pass_k, sampling=pass_options, seed=seed + 1, **common
+        )
+        solved = sum(any(sampled.correct[i * pass_k : (i + 1) * pass_k]) for i in range(len(chunk)))
+    verdicts = greedy.verdicts
+    return {
+        "correct": sum(v.correct for v in verdicts),
+        "well_formed": sum(v.well_formed for v in verdicts),
+        "equations": sum(v.is_equation for v in verdicts),
+        "length": int(greedy.rollout.lengths.sum().item()),
+        "forced": sum(greedy.forced),
+        "solved": solved,
+    }
