@@ -63,6 +63,29 @@ def spaces_reward(tmp_path_factory) -> str:
     return f"{path}:spaces"
 
 
+def tiny_run_settings(model_path, out, **overrides) -> dict:
+    """`TrainConfig` settings for a short run of the tiny test model on generated tasks, sampling from
+    the full distribution (the defaults are Qwen3's top-k/top-p)."""
+    settings = dict(
+        model=str(model_path),
+        dataset="generate",
+        num_samples=40,
+        test_size=0.2,
+        batch_size=2,
+        num_generations=4,
+        max_completion_length=12,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_steps=3,
+        learning_rate=5e-3,
+        output_dir=str(out),
+        eval_every=0,
+        seed=3,
+    )
+    return {**settings, **overrides}
+
+
 @pytest.fixture
 def tiny_model(tiny_model_path):
     """A fresh (model, tokenizer) pair loaded with mlx_lm.load from the tiny model's folder."""

@@ -9,6 +9,7 @@ import mlx.core as mx
 import mlx_lm
 import numpy as np
 import pytest
+from conftest import tiny_run_settings
 
 from mlx_grpo.config import TrainConfig
 from mlx_grpo.episodes import task_indices
@@ -18,29 +19,9 @@ from mlx_grpo.trainer import prepare, run, train
 
 
 def tiny_config(model_path, out, **overrides) -> TrainConfig:
-    settings = dict(
-        model=str(model_path),
-        dataset="generate",
-        rewards=["format", "equation", overrides.pop("extra_reward")],
-        num_samples=40,
-        test_size=0.2,
-        batch_size=2,
-        num_generations=4,
-        max_completion_length=12,
-        temperature=1.0,  # full-distribution sampling (the defaults are Qwen3's top-k/top-p)
-        top_p=1.0,
-        top_k=0,
-        max_steps=3,
-        learning_rate=5e-3,
-        output_dir=str(out),
-        eval_every=0,
-        eval_samples=4,
-        save_every=1,
-        log_completions_every=1,
-        seed=3,
-    )
-    settings.update(overrides)
-    return TrainConfig(**settings)
+    rewards = ["format", "equation", overrides.pop("extra_reward")]
+    overrides = {"eval_samples": 4, "save_every": 1, "log_completions_every": 1, **overrides}
+    return TrainConfig(**tiny_run_settings(model_path, out, rewards=rewards, **overrides))
 
 
 def read_jsonl(path):

@@ -10,6 +10,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 import pytest
+from conftest import tiny_run_settings
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_grpo.config import TrainConfig
@@ -22,28 +23,8 @@ from mlx_grpo.update import make_loss, micro_batches, update, with_fixed_logprob
 
 
 def config(model_path, out, reward, **overrides) -> TrainConfig:
-    settings = dict(
-        model=str(model_path),
-        dataset="generate",
-        rewards=[reward],
-        num_samples=40,
-        test_size=0.2,
-        batch_size=2,
-        num_generations=4,
-        max_completion_length=10,
-        temperature=1.0,  # full-distribution sampling (the defaults are Qwen3's top-k/top-p)
-        top_p=1.0,
-        top_k=0,
-        max_steps=3,
-        learning_rate=5e-3,
-        output_dir=str(out),
-        eval_every=0,
-        save_every=100,
-        log_completions_every=100,
-        seed=3,
-    )
-    settings.update(overrides)
-    return TrainConfig(**settings)
+    overrides = {"max_completion_length": 10, "save_every": 100, "log_completions_every": 100, **overrides}
+    return TrainConfig(**tiny_run_settings(model_path, out, rewards=[reward], **overrides))
 
 
 def lora_weights(model) -> dict[str, np.ndarray]:
