@@ -85,7 +85,8 @@ def budget_bytes(model: nn.Module, max_memory: str | None) -> int | None:
 def step_bytes(model: nn.Module, rows: int, positions: int, micro_batches: int, checkpoint: bool) -> int:
     """Peak bytes of a step's update: the weights plus one micro-batch's forward and backward. (The
     rollout is decoded in calls sized to the budget, `decode_rows`, so it never sets the peak.)"""
-    return weight_bytes(model) + update_bytes(model, rows // micro_batches, positions, checkpoint)
+    largest = -(-rows // micro_batches)  # rows of the largest micro-batch
+    return weight_bytes(model) + update_bytes(model, largest, positions, checkpoint)
 
 
 def micro_batch_count(model: nn.Module, rows: int, positions: int, config) -> int:
@@ -96,12 +97,13 @@ def micro_batch_count(model: nn.Module, rows: int, positions: int, config) -> in
         UserError: nothing fits the budget, or the explicit setting does not; the message says what would.
     """
     explicit, checkpoint = config.grad_accumulation, bool(config.gradient_checkpointing)
+    explicit = explicit and min(explicit, rows)  # a step may hold fewer rows (dynamic sampling)
     budget = budget_bytes(model, config.max_memory)
     if budget is None:
         return explicit or 1
-    fits = _fitting_counts(model, rows, positions, checkpoint, budget)
-    if explicit and explicit in fits:
+    if explicit and step_bytes(model, rows, positions, explicit, checkpoint) <= budget:
         return explicit
+    fits = _fitting_counts(model, rows, positions, checkpoint, budget)
     if not explicit and fits:
         return fits[0]
     need = step_bytes(model, rows, positions, explicit or rows, checkpoint) / GIB

@@ -240,6 +240,44 @@ def _plan_table(args) -> None:
         print("| " + " | ".join(cells) + " |", flush=True)
 
 
+def fits_table(group: int, rows: int, prompt: int) -> None:
+    """What the plan does for `rows` rows under 8/16/32 GB, from `mlx_grpo.memory`'s estimate (its per-
+    position costs are the measured ones above) at the Qwen3-0.6B shape in fp32 and bf16 (shapes only)."""
+    import mlx.core as mx
+    from mlx_lm.models import qwen3
+
+    from mlx_grpo.config import TrainConfig
+    from mlx_grpo.errors import UserError
+    from mlx_grpo.memory import micro_batch_count, plan_memory, weight_bytes
+    from mlx_grpo.modelgen import qwen3_config
+
+    lengths = (512, 1176, 2048)
+    print("| budget | dtype (weights) | " + " | ".join(f"{n} tokens ({n + prompt} positions)" for n in lengths) + " |")
+    print("|---|---|" + "---|" * len(lengths))
+    for dtype, name in ((mx.float32, "fp32"), (mx.bfloat16, "bf16")):
+        model = qwen3.Model(
+            qwen3.ModelArgs.from_dict(qwen3_config(**QWEN3_06B, num_hidden_layers=28, vocab_size=VOCAB))
+        )
+        model.set_dtype(dtype)  # lazy parameters: nothing is allocated
+        for gb in (8, 16, 32):
+            cells = []
+            for n in lengths:
+                config = TrainConfig(batch_size=rows // group, num_generations=group, max_completion_length=n)
+                config = config.replace(max_memory=f"{gb}GB")
+                try:
+                    plan = plan_memory(model, config, n + prompt)
+                    k = micro_batch_count(
+                        model, rows, n + prompt, config.replace(gradient_checkpointing=plan.checkpoint)
+                    )
+                    call = min(rows, plan.groups_per_call * group)
+                    cells.append(
+                        f"{call} rows per call, {rows // k} per micro-batch{', ckpt' if plan.checkpoint else ''}"
+                    )
+                except UserError:
+                    cells.append("does not fit")
+            print(f"| {gb} GB | {name} ({weight_bytes(model) / 2**30:.2f} GiB) | " + " | ".join(cells) + " |")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", action="append", default=[], help="ROWSxPOSITIONS:K[c], repeatable")
@@ -251,6 +289,8 @@ def main(argv=None) -> None:
     parser.add_argument("--decode", type=int, default=32, help="--plan: tokens sampled in the measured call")
     parser.add_argument("--micro-batches", type=int, default=2, help="--plan: micro-batches of the update run")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
+    parser.add_argument("--fits", action="store_true", help="print what the plan does under 8/16/32 GB (estimate)")
+    parser.add_argument("--rows", type=int, default=32, help="--fits: rows per step")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--one-plan", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -259,6 +299,9 @@ def main(argv=None) -> None:
         return
     if args.one_plan:
         print(json.dumps(measure_plan(*parse_plan(args.one_plan), args.layers, args.prompt, args.beta, args)))
+        return
+    if args.fits:
+        fits_table(args.group, args.rows, args.prompt)
         return
     print(f"Machine: {machine()}")
     print(f"Model: Qwen3-0.6B widths, {args.layers} blocks, vocab {VOCAB}, random fp32 weights, LoRA rank 8 on all")
