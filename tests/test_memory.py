@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import pytest
+from conftest import tiny_run_settings
 from mlx_lm.models import qwen3
 
 from mlx_grpo.config import TrainConfig, memory_bytes
@@ -23,7 +24,6 @@ from mlx_grpo.memory import (
     update_bytes,
     weight_bytes,
 )
-from conftest import tiny_run_settings
 from mlx_grpo.modelgen import qwen3_config
 
 
@@ -142,8 +142,8 @@ def test_a_growing_decode_buffer_never_holds_two_copies_of_every_layer(tmp_path)
     """The decode's peak stays near its final keys/values buffer: growing it by a bucket frees each
     layer's old buffer as the new one is made (measured 1.12x here: 8 blocks, 32 rows, five growths)."""
     import mlx_lm
-
     from conftest import build_tiny
+
     from mlx_grpo import rollout
     from mlx_grpo.sampling import SamplingOptions
 
@@ -152,7 +152,9 @@ def test_a_growing_decode_buffer_never_holds_two_copies_of_every_layer(tmp_path)
     mx.eval(model.parameters())
     mx.reset_peak_memory()
     before = mx.get_active_memory()
-    out = rollout.generate(model, [[5, 6, 7]], group_size=rows, sampling=SamplingOptions(max_tokens=steps), eos_ids=[], seed=0)
+    out = rollout.generate(
+        model, [[5, 6, 7]], group_size=rows, sampling=SamplingOptions(max_tokens=steps), eos_ids=[], seed=0
+    )
     assert out.tokens.shape == (rows, steps)
     final_buffer = rollout_bytes(model, rows, rollout._bucket(3 + steps))
     assert mx.get_peak_memory() - before < 1.25 * final_buffer
@@ -174,7 +176,10 @@ def test_sampling_in_calls_draws_what_each_call_alone_draws(tiny_model_path, tmp
     for g in range(c.batch_size):
         alone = source.sample([rows[g]], step_seed(c.seed, 1, g))
         assert alone.completions == step.completions[g * group : (g + 1) * group]
-        assert alone.rollout.tokens.tolist() == step.rollout.tokens[g * group : (g + 1) * group, : alone.rollout.tokens.shape[1]].tolist()
+        assert (
+            alone.rollout.tokens.tolist()
+            == step.rollout.tokens[g * group : (g + 1) * group, : alone.rollout.tokens.shape[1]].tolist()
+        )
     positions = PROMPT_ALLOWANCE + c.max_completion_length
     group_bytes = rollout_bytes(probe.model, group, positions)
     one_group = weight_bytes(probe.model) + DECODE_WORK_BYTES + group_bytes
