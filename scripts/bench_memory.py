@@ -57,7 +57,7 @@ def _timed_update(model, config, rows: int, completion: int, prompt: int) -> dic
     from mlx_grpo.rollout import Rollout
     from mlx_grpo.update import make_loss, update
 
-    group = config.num_generations
+    group = min(config.num_generations, rows)  # a measured share of the micro-batches may be part of a group
     rng = np.random.default_rng(0)
     prompts = PromptBatch.build([rng.integers(5, VOCAB, prompt).tolist() for _ in range(rows // group)])
     tokens = mx.array(rng.integers(5, VOCAB, (rows, completion)), dtype=mx.int32)  # [R, T]
