@@ -131,7 +131,7 @@ class TrainConfig:
     gradient_checkpointing: bool | None = _setting(
         None,
         "Recompute each transformer block in the backward pass (far less memory, a slower update); "
-        "unset: on only when no micro-batch fits --max-memory without it.",
+        "unset: on when --max-memory needs it, or when it keeps micro-batches of whole groups (faster).",
     )
     max_steps: int = _setting(200, "Training steps.")
     lora_rank: int = _setting(8, "LoRA rank.")

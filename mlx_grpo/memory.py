@@ -39,6 +39,7 @@ PROMPT_ALLOWANCE = 256  # prompt positions assumed before any prompt is seen (Co
 AUTO_WORK_BYTES = 4 * GIB  # --max-memory auto: the weights plus this (a 16 GB Mac keeps room for the OS)
 DECODE_WORK_BYTES = GIB // 4  # a sampling call's work beside its keys/values: logits, sampling, a growth
 EVAL_ROWS = 32  # held-out tasks an evaluation call decodes at most
+CHECKPOINT_COST = 4 / 3  # time of a checkpointed update relative to a plain one (one more forward pass)
 
 
 def _dims(model: nn.Module) -> tuple[int, int, int, int, int, int]:
@@ -132,6 +133,25 @@ def decode_rows(model: nn.Module, positions: int, budget: int | None) -> int | N
     return max(budget - weight_bytes(model) - DECODE_WORK_BYTES, 0) // rollout_bytes(model, 1, positions)
 
 
+def _checkpointing_pays(model, rows: int, group: int, positions: int, budget: int) -> bool:
+    """Whether the fewest checkpointed micro-batches that fit cost less time than the fewest plain ones.
+
+    A micro-batch runs each of its prompts once, so splitting a group reruns its prompt: with G-row
+    groups, k micro-batches run max(k, rows / G) prompts. Measured at the Qwen3-0.6B shape (scripts/
+    results/memory.md): one group of 4 x 214 positions split into rows took 2x as long as whole; the
+    checkpointed whole group took as long as the plain one (1.0x, loaded machine; CHECKPOINT_COST
+    keeps the 4/3 of a second forward pass)."""
+    plain = _fitting_counts(model, rows, positions, False, budget)
+    checkpointed = _fitting_counts(model, rows, positions, True, budget)
+    if not (plain and checkpointed):
+        return not plain
+
+    def positions_run(k: int) -> int:
+        return max(k, rows // group) * PROMPT_ALLOWANCE + rows * (positions - PROMPT_ALLOWANCE)
+
+    return CHECKPOINT_COST * positions_run(checkpointed[0]) < positions_run(plain[0])
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """How a run keeps each step within its budget, decided once at start for its longest rows."""
@@ -144,7 +164,8 @@ class MemoryPlan:
 def plan_memory(model: nn.Module, config, positions: int) -> MemoryPlan:
     """The plan for `config`'s steps of rows of at most `positions` (prompt + completion) slots.
 
-    `gradient_checkpointing` None turns checkpointing on only when no micro-batch count fits without it.
+    `gradient_checkpointing` None turns checkpointing on when it is needed to fit, or when it lets the
+    micro-batches keep whole groups that would otherwise be split (`_checkpointing_pays`).
 
     Raises:
         UserError: the budget cannot hold one group's keys/values, or any update (see `micro_batch_count`).
@@ -153,7 +174,7 @@ def plan_memory(model: nn.Module, config, positions: int) -> MemoryPlan:
     budget = budget_bytes(model, config.max_memory)
     checkpoint = config.gradient_checkpointing
     if checkpoint is None:
-        checkpoint = budget is not None and not _fitting_counts(model, rows, positions, False, budget)
+        checkpoint = budget is not None and _checkpointing_pays(model, rows, group, positions, budget)
     decodable = decode_rows(model, positions, budget)
     if decodable is not None and decodable < group:
         need = (weight_bytes(model) + DECODE_WORK_BYTES + rollout_bytes(model, group, positions)) / GIB

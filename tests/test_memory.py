@@ -37,9 +37,9 @@ def test_update_memory_scales_with_the_micro_batch_and_checkpointing_saves(tiny_
     assert rollout_bytes(model, 8, 100) == 2 * layers * 8 * 100 * kv * 4  # float32 keys + values
 
 
-def _deep():
+def _deep(**shape):
     """A 12-block Qwen3 (checkpointing saves memory only over several blocks); shapes only, never run."""
-    return qwen3.Model(qwen3.ModelArgs.from_dict(qwen3_config(num_hidden_layers=12)))
+    return qwen3.Model(qwen3.ModelArgs.from_dict(qwen3_config(num_hidden_layers=12, **shape)))
 
 
 def _budget(model, rows, positions, k, checkpoint=False) -> str:
@@ -85,17 +85,26 @@ def test_auto_is_the_weights_plus_4gb_and_none_is_no_budget(tiny_model):
         TrainConfig(max_memory="automatic")
 
 
-def test_the_plan_turns_checkpointing_on_only_when_nothing_fits_without_it():
+def test_the_plan_turns_checkpointing_on_when_needed_or_when_it_keeps_groups_whole():
     model = _deep()
     rows, positions = 8, 4000
     config = TrainConfig(batch_size=2, num_generations=4)
     roomy = plan_memory(model, config.replace(max_memory="none"), positions)
     assert roomy == MemoryPlan(checkpoint=False, groups_per_call=None, eval_rows=32)
+    assert not plan_memory(model, config.replace(max_memory=_budget(model, rows, positions, 1)), positions).checkpoint
     tight = _budget(model, rows, positions, 8, checkpoint=True)  # only the checkpointed update fits
+    assert step_bytes(model, rows, positions, 8, False) > memory_bytes(tight)
     assert plan_memory(model, config.replace(max_memory=tight), positions).checkpoint
-    assert not plan_memory(model, config.replace(max_memory=_budget(model, rows, positions, 8)), positions).checkpoint
     with pytest.raises(UserError, match="add --gradient-checkpointing"):  # an explicit "off" is kept
         plan_memory(model, config.replace(max_memory=tight, gradient_checkpointing=False), positions)
+    # Plain fits only by splitting each 4-row group into rows (8 prompt passes); checkpointed, two
+    # micro-batches of one whole group fit (2 prompt passes): with long prompts that is the faster plan.
+    model, prompt_heavy = _deep(hidden_size=256, intermediate_size=1024), PROMPT_ALLOWANCE + 40
+    needs = [step_bytes(model, rows, prompt_heavy, 8, False), step_bytes(model, rows, prompt_heavy, 2, True)]
+    needs.append(weight_bytes(model) + DECODE_WORK_BYTES + rollout_bytes(model, 4, prompt_heavy))
+    budget = f"{(max(needs) + 2**20) / 2**20:.0f}MB"
+    assert step_bytes(model, rows, prompt_heavy, 4, False) > memory_bytes(budget)
+    assert plan_memory(model, config.replace(max_memory=budget), prompt_heavy).checkpoint
 
 
 def test_the_plan_decodes_as_many_groups_per_call_as_the_budget_holds(tiny_model):
