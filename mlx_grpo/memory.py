@@ -1,8 +1,8 @@
-"""What one GRPO step holds in memory, the micro-batch that fits a budget, and the peaks it reached.
+"""What one GRPO step holds in memory, the plan that keeps it within a budget, and the peaks it reached.
 
 A step holds the weights throughout, then (not at once):
 
-    rollout:  per layer a keys + values buffer [R, kv_heads, P + T, head_dim] in the model's dtype
+    rollout:  per layer a keys + values buffer [rows, kv_heads, P + T, head_dim] in the model's dtype
     update:   per micro-batch of r rows x L = P + T positions, with one block's activations
               block = r * L * BLOCK_BYTES * (H + I) * dtype + r * ATTENTION_BYTES * heads * L^2 * 4
                 plain:        every block's activations, layers * block
@@ -10,12 +10,16 @@ A step holds the weights throughout, then (not at once):
                               plus one block recomputed with its gradients, 2 * block
               plus the output layer's chunk work (`logprobs.chunk_nbytes`).
 
+`plan_memory` turns a budget (`--max-memory`; "auto" = the weights + AUTO_WORK_BYTES) into the
+rows one sampling call decodes (whole groups, `decode_rows`), whether to checkpoint, and so the
+fewest micro-batches whose update fits (`micro_batch_count`, again each step for its real length).
+
 BLOCK_BYTES was measured by `scripts/bench_memory.py` and probes at the Qwen3-0.6B widths (MLX CPU,
 float32: 0.44 MB per position per block, plain; 0.9 MB per position for the recomputed block); the
 attention term is an allowance, not fitted. Counting every row's prompt (the update runs each prompt
-once per group) overstates short completions, so the estimate errs high. In units of the dtype's
-size, so bf16 needs about half. Before the first rollout the prompt length is not known:
-`PROMPT_ALLOWANCE` positions stand for it.
+once per group) overstates short completions, so the estimate errs high (measured against it in
+scripts/results/memory.md). In units of the dtype's size, so bf16 needs about half. Before the first
+rollout the prompt length is not known: `PROMPT_ALLOWANCE` positions stand for it.
 """
 
 from __future__ import annotations
