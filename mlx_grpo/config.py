@@ -41,7 +41,7 @@ def memory_bytes(text: str) -> int:
     except ValueError:
         size = math.nan
     if not (math.isfinite(size) and size >= 1):
-        raise UserError(f"invalid config: max_memory must be a size like 12GB or 512MB (got {text!r})")
+        raise UserError(f"invalid config: max_memory must be auto, none or a size like 12GB or 512MB (got {text!r})")
     return int(size)
 
 
@@ -128,8 +128,10 @@ class TrainConfig:
     grad_accumulation: int | None = _setting(
         None, "Micro-batches per update (splits the B*G rows); unset: 1, or the fewest that fit --max-memory."
     )
-    gradient_checkpointing: bool = _setting(
-        False, "Recompute each transformer block in the backward pass: far less memory, ~30% slower update."
+    gradient_checkpointing: bool | None = _setting(
+        None,
+        "Recompute each transformer block in the backward pass (far less memory, a slower update); "
+        "unset: on when --max-memory needs it, or when it keeps micro-batches of whole groups (faster).",
     )
     max_steps: int = _setting(200, "Training steps.")
     lora_rank: int = _setting(8, "LoRA rank.")
@@ -145,7 +147,9 @@ class TrainConfig:
     log_completions_every: int = _setting(10, "Write the sampled completions every N steps.")
     max_bad_steps: int = _setting(5, "Stop after N consecutive non-finite updates.")
     max_memory: str | None = _setting(
-        None, "Memory budget, e.g. 12GB: picks or checks grad_accumulation; on Metal also MLX's memory limit."
+        "auto",
+        "Memory budget of a step, e.g. 12GB: sets the micro-batches, checkpointing and rows decoded per call; "
+        "auto = the weights + 4 GB (a 16 GB Mac keeps room), none = no budget; on Metal also MLX's memory limit.",
     )
     report_to: str | None = _setting(
         None, "Also log metrics to tensorboard or wandb.", choices=("tensorboard", "wandb")
@@ -212,8 +216,8 @@ class TrainConfig:
         for name in ("learning_rate", "temperature", "beta", "epsilon", "lora_scale", "max_grad_norm"):
             if not math.isfinite(getattr(self, name)):
                 raise UserError(f"invalid config: {name} must be finite")
-        if self.max_memory is not None:
-            memory_bytes(self.max_memory)  # checked on every platform, though only Metal uses it
+        if self.max_memory not in (None, "auto", "none"):
+            memory_bytes(self.max_memory)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

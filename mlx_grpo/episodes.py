@@ -138,7 +138,13 @@ def run_episodes(
 
 def step_seed(seed: int, step: int, first_group: int = 0) -> int:
     """The sampling seed of one call at `step` whose first group is `first_group` in the global batch."""
-    return (seed * 1_000_003 + step + first_group * 7_919_011) % (2**31)
+    return shifted_seed(seed * 1_000_003 + step, first_group)
+
+
+def shifted_seed(seed: int, groups: int) -> int:
+    """The seed of a call starting `groups` groups after one seeded `seed`: calls split anywhere along
+    a batch get the seeds `step_seed` gives their first groups."""
+    return (seed + groups * 7_919_011) % (2**31)
 
 
 def task_indices(step: int, batch_size: int, num_tasks: int, seed: int) -> list[int]:
@@ -156,7 +162,8 @@ class EpisodeSource:
 
     The training loop takes any callable `step -> Episodes`; this is the default one.
     Under `mlx.launch` it samples this rank's share of the step's groups only. `eos_ids` None: the
-    tokenizer's stop tokens. `groups_per_call` None: one sampling call for the share.
+    tokenizer's stop tokens. `groups_per_call`: most groups one sampling call decodes (the memory
+    plan's; None: one call for the share).
     """
 
     model: object
@@ -171,14 +178,16 @@ class EpisodeSource:
         c = self.config
         rows = task_indices(step, c.batch_size, len(self.tasks), c.seed)
         mine = distributed.shard(len(rows))  # positions of this rank's groups in the global batch
-        size = self.groups_per_call or len(mine)
-        calls = [mine[i : i + size] for i in range(0, len(mine), size)]
-        return join_episodes(
-            [self.sample([rows[g] for g in call], step_seed(c.seed, step, call.start)) for call in calls]
-        )
+        return self.sample([rows[g] for g in mine], step_seed(c.seed, step, mine.start))
 
     def sample(self, rows: list[int], seed: int) -> Episodes:
-        """The episodes of the train tasks at `rows`, sampled with `seed`."""
+        """The episodes of the train tasks at `rows`, sampled with `seed` in calls of at most
+        `groups_per_call` groups (the call starting at group i seeded `shifted_seed(seed, i)`)."""
+        size = self.groups_per_call or len(rows)
+        starts = range(0, len(rows), size)
+        return join_episodes([self._sample_call(rows[i : i + size], shifted_seed(seed, i)) for i in starts])
+
+    def _sample_call(self, rows: list[int], seed: int) -> Episodes:
         c = self.config
         return run_episodes(
             self.model,

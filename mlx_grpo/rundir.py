@@ -365,6 +365,7 @@ _RESUMABLE_CHANGES = {
     "report_to",
     "push_to_hub",
     "max_memory",
+    "gradient_checkpointing",  # like max_memory's micro-batches: the same gradients within float rounding
     "max_bad_steps",
     "eval_samples",
 }

@@ -35,14 +35,14 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_grpo import checkpoint as ckpt
 from mlx_grpo import distributed, rundir
 from mlx_grpo.budget import ThinkingBudget
-from mlx_grpo.config import TrainConfig, memory_bytes, save_config
+from mlx_grpo.config import TrainConfig, save_config
 from mlx_grpo.countdown.data import load_tasks, split_tasks
 from mlx_grpo.dynamic import DynamicSource, check_signal
 from mlx_grpo.episodes import Episodes, EpisodeSource, step_seed
 from mlx_grpo.errors import UserError
 from mlx_grpo.evaluate import evaluate
 from mlx_grpo.grpo import compute_advantages
-from mlx_grpo.memory import PROMPT_ALLOWANCE, micro_batch_count, peak_memory
+from mlx_grpo.memory import PROMPT_ALLOWANCE, MemoryPlan, budget_bytes, peak_memory, plan_memory
 from mlx_grpo.metrics import join_rows, row_values, step_metrics
 from mlx_grpo.model import add_lora, check_model_source, load_model
 from mlx_grpo.plots import plot_reward_accuracy
@@ -66,6 +66,7 @@ class Training:
     eval_tasks: list
     resume_from: Path | None  # the checkpoint to continue from; None for a fresh run
     lock: rundir.RunLock | None  # the run directory's one writer (rank 0) holds it until the run ends
+    memory: MemoryPlan  # checkpointing, rows per sampling call (config.gradient_checkpointing is resolved to it)
     overwrite: bool = False
     history: list = field(default_factory=list)  # metrics lines written so far (for the summary)
 
@@ -99,7 +100,6 @@ def _load(config: TrainConfig, reward_set: RewardSet, lock, *, resume: bool, ove
         resume_from = rundir.prepare_run_dir(config.output_dir, config.to_dict(), resume=resume, overwrite=overwrite)
     tasks = load_tasks(config.dataset, seed=config.seed, num_samples=config.num_samples)
     train_tasks, test_tasks = split_tasks(tasks, config.test_size)
-    _set_memory_limit(config.max_memory)
     model, tokenizer = load_model(
         config.model, quantize=config.quantize, dtype=config.dtype, trust_remote_code=config.trust_remote_code
     )
@@ -114,9 +114,9 @@ def _load(config: TrainConfig, reward_set: RewardSet, lock, *, resume: bool, ove
     )
     adapter_config["base_model"] = config.model
     # a budget nothing fits fails here, not after the first rollout
-    micro_batch_count(
-        model, config.batch_size * config.num_generations, PROMPT_ALLOWANCE + config.max_completion_length, config
-    )
+    memory = plan_memory(model, config, PROMPT_ALLOWANCE + config.max_completion_length)
+    config = config.replace(gradient_checkpointing=memory.checkpoint)
+    _set_memory_limit(budget_bytes(model, config.max_memory))
     optimizer = optim.AdamW(learning_rate=_schedule(config), weight_decay=config.weight_decay)
     optimizer.init(model.trainable_parameters())
     eval_tasks = test_tasks[: config.eval_samples]
@@ -131,6 +131,7 @@ def _load(config: TrainConfig, reward_set: RewardSet, lock, *, resume: bool, ove
         eval_tasks,
         resume_from,
         lock,
+        memory,
         overwrite,
     )
 
@@ -152,7 +153,14 @@ def run(
 
 def _loop(training: Training, source, on_step, progress: bool) -> dict:
     c, run_dir = training.config, training.run_dir
-    plain = EpisodeSource(training.model, training.tokenizer, training.train_tasks, c, training.reward_set)
+    plain = EpisodeSource(
+        training.model,
+        training.tokenizer,
+        training.train_tasks,
+        c,
+        training.reward_set,
+        groups_per_call=training.memory.groups_per_call,
+    )
     dynamic = DynamicSource(plain, c.dynamic_sampling_signal, c.max_sampling_rounds) if c.dynamic_sampling else None
     source = source or dynamic or plain
     loss_and_grad = nn.value_and_grad(training.model, make_loss(c))
@@ -226,6 +234,7 @@ def evaluate_policy(training: Training) -> dict:
         training.tokenizer,
         training.eval_tasks,
         max_tokens=c.max_completion_length,
+        batch_size=training.memory.eval_rows,
         enable_thinking=c.enable_thinking,
         prefill=c.prefill,
         seed=c.seed,
@@ -365,15 +374,10 @@ def _schedule(config: TrainConfig):
     return optim.join_schedules([warm, lambda _: mx.array(lr)], [config.warmup_steps])
 
 
-def _set_memory_limit(max_memory: str | None) -> None:
-    """On Metal, fail with an allocation error instead of freezing the machine; no-op elsewhere."""
-    if not mx.metal.is_available():
-        return
-    if max_memory is None:
-        limit = int(mx.device_info()["max_recommended_working_set_size"])
-    else:
-        limit = memory_bytes(max_memory)
-    mx.set_memory_limit(limit)
+def _set_memory_limit(budget: int | None) -> None:
+    """On Metal, MLX's memory limit: the budget, or without one the recommended working set; no-op elsewhere."""
+    if mx.metal.is_available():
+        mx.set_memory_limit(budget or int(mx.device_info()["max_recommended_working_set_size"]))
 
 
 class TrainingInterrupted(Exception):

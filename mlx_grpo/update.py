@@ -160,7 +160,7 @@ def update(model, optimizer, loss_and_grad, rollout: Rollout, advantages: mx.arr
     if config.mask_truncated_completions:
         rollout = replace(rollout, mask=rollout.mask * ~rollout.truncated[:, None])  # [R, T]
     R, T = rollout.tokens.shape  # a dynamic-sampling step may hold fewer rows than B*G
-    count = min(micro_batch_count(model, R, rollout.prompts.tokens.shape[1] + T, config), R)
+    count = micro_batch_count(model, R, rollout.prompts.tokens.shape[1] + T, config)
     batches = with_fixed_logprobs(model, micro_batches(rollout, advantages, count), config)
     # data parallel: the whole batch's denominator (every rank has rows, each row at least one token)
     normalizer = distributed.all_sum(batch_normalizer(rollout.mask, config.loss_type, config.max_completion_length))
