@@ -16,6 +16,13 @@ Three stages, each reproducible from `--seed`:
    equation (`warm_start_completion`): the habit GRPO has to unlearn, since the equation reward pays
    only for equations. The bundled model is a starting point for the demo, not a solver.
 
+Experiments (not the shipped recipe): `--search-share S` makes a share S of the completions search
+traces (`countdown.traces`: 1..`--max-misses` wrong candidates, each computed and rejected against
+the target, then the solution), the rare self-checking behaviour GRPO could amplify;
+`--bare-share 0` drops the bare answers; `--init-from DIR` trains DIR's model further instead of a
+new one; `--probe-tasks N` logs greedy accuracy, self-check rate and the share of wrong step lines
+(`selfcheck.steps`) on N held-out tasks at each log line.
+
 Tasks come from `generator.generate_tasks` with seeds from SFT_SEED_BASE up, disjoint from the
 demo's evaluation seed, and any task of the demo's held-out set is skipped. No row of
 ../shared/data is ever read. What each setting gave is in scripts/README.md.
@@ -53,6 +60,15 @@ TOKENIZER_TASKS = 2_000
 # same as for an equation: the habit GRPO has to unlearn, on top of solving more tasks.
 BARE_ANSWER = 0.5
 SHAPE = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=384, num_attention_heads=4, num_key_value_heads=2)
+
+
+@dataclass(frozen=True)
+class TraceMix:
+    """What the warm start's completions look like: shares of bare answers and of search traces."""
+
+    bare: float = BARE_ANSWER  # answer with the bare target instead of the equation
+    search: float = 0.0  # a search trace (`traces.search_trace`) instead of the worked solution
+    max_misses: int = 2  # a search trace rejects 1..max_misses wrong candidates
 
 
 def tokenizer_corpus(num_tasks: int, seed: int, mix: TraceMix) -> list[str]:
@@ -107,15 +123,6 @@ def build_untrained(out: Path, seed: int, shape: dict, rope_theta: float, vocab_
     )
     config["rope_theta"] = rope_theta
     modelgen.save_model(modelgen.init_qwen3(config, seed=seed), config, out)
-
-
-@dataclass(frozen=True)
-class TraceMix:
-    """What the warm start's completions look like: shares of bare answers and of search traces."""
-
-    bare: float = BARE_ANSWER  # answer with the bare target instead of the equation
-    search: float = 0.0  # a search trace (`traces.search_trace`) instead of the worked solution
-    max_misses: int = 2  # a search trace rejects 1..max_misses wrong candidates
 
 
 def warm_start_completion(task: Task, rng: random.Random, mix: TraceMix = TraceMix()) -> str:
