@@ -178,10 +178,9 @@ def format_results(result: dict) -> str:
         gain = f"{100 * (after['accuracy'] - before['accuracy']):+.1f} points"
         if before["accuracy"]:
             gain += f", {after['accuracy'] / before['accuracy']:.1f}x"
-        lines.append(f"{name} [{before['num_tasks']}]")
-        for label, key in FIGURES:
-            lines.append(f"  {label:<24}{_figure(before, key)} -> {_figure(after, key)}")
-        lines[-len(FIGURES)] += f" ({gain})"
+        figures = [f"  {label:<24}{_figure(before, key)} -> {_figure(after, key)}" for label, key in FIGURES]
+        figures[0] += f" ({gain})"  # the accuracy line
+        lines += [f"{name} [{before['num_tasks']}]", *figures]
         corrected = after.get("first_self_correction")
         if corrected:
             quoted = "\n".join("    " + line for line in corrected["completion"].splitlines())

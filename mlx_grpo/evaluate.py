@@ -41,8 +41,9 @@ def evaluate(
 
     Returns:
         {"accuracy", "format_rate", "equation_rate", "self_check_rate", "completion_length", "forced_frac",
-        "num_tasks"} and "pass@k" when asked. `forced_frac`: greedy rows whose think block the budget closed. `equation_rate`: answers that are an equation using every number once, whatever
-        its value (a bare result, or a number missing or used twice, is not). `self_check_rate`: greedy
+        "num_tasks"} and "pass@k" when asked. `forced_frac`: greedy rows whose think block the budget
+        closed. `equation_rate`: answers that are an equation using every number once, whatever its
+        value (a bare result, or a number missing or used twice, is not). `self_check_rate`: greedy
         completions that reject a candidate against the target and try another (`countdown.selfcheck`).
     """
     mine = distributed.shard(len(tasks))  # this rank's block: seeds follow the global positions
