@@ -68,12 +68,13 @@ def loss_fn(model, ids, mask):
     return (nn.losses.cross_entropy(logits, ids[:, 1:]) * mask).sum() / mask.sum()
 
 
-def exact_match(model, ids, mask) -> float:
+def exact_match(model, ids, mask, ops: list[str]) -> dict[str, float]:
     """Share of rows whose every result token is the argmax given the true prefix (teacher forcing
-    equals greedy decoding here: a row is right only if all its tokens are)."""
+    equals greedy decoding here: a row is right only if all its tokens are), overall and by operation."""
     predicted = mx.argmax(model(ids[:, :-1]), axis=-1)  # [N, L-1]
-    wrong = ((predicted != ids[:, 1:]) * mask).sum(axis=1)  # [N]
-    return float((wrong == 0).mean().item())
+    right = np.array(((predicted != ids[:, 1:]) * mask).sum(axis=1) == 0)  # [N]
+    ops = np.array(ops)
+    return {"exact": float(right.mean())} | {f"exact {op}": float(right[ops == op].mean()) for op in "+-*/"}
 
 
 def run(fmt: str, tokenizer, train, test, args) -> None:
@@ -82,6 +83,7 @@ def run(fmt: str, tokenizer, train, test, args) -> None:
     optimizer = optim.AdamW(learning_rate=args.lr, weight_decay=0.0)
     loss_and_grad = nn.value_and_grad(model, loss_fn)
     test_ids, test_mask = encode(tokenizer, test, fmt)
+    ops = [left.split()[1] for left, _ in test]
     rng, start = random.Random(args.seed), time.process_time()
     for step in range(1, args.steps + 1):
         ids, mask = encode(tokenizer, rng.sample(train, args.batch_size), fmt)
@@ -90,7 +92,7 @@ def run(fmt: str, tokenizer, train, test, args) -> None:
         mx.eval(loss, model.parameters(), optimizer.state)
         if step % args.eval_every == 0:
             line = {"format": fmt, "step": step, "loss": round(loss.item(), 4)}
-            line |= {"exact": exact_match(model, test_ids, test_mask), "cpu_s": round(time.process_time() - start)}
+            line |= exact_match(model, test_ids, test_mask, ops) | {"cpu_s": round(time.process_time() - start)}
             print(json.dumps(line), flush=True)
 
 
