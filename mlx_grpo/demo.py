@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlx_grpo.countdown.generator import generate_tasks
+from mlx_grpo.countdown.selfcheck import is_self_check
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.errors import UserError
 
@@ -96,13 +97,16 @@ def train_config(options: DemoOptions):
 
 
 def score(model_path: str, sets: dict[str, list[Task]], config, *, adapter_path=None, progress=True) -> dict:
-    """Greedy accuracy / format rate of the model (with adapters, if given) on each task set."""
+    """Greedy accuracy / format rate / self-check rate of the model (with adapters, if given) on each
+    task set, and the set's first completion that rejects a candidate of its own and then solves it."""
     from mlx_grpo.evaluate import evaluate
     from mlx_grpo.model import load_model
 
     model, tokenizer = load_model(model_path, adapter_path=adapter_path)
-    return {
-        name: evaluate(
+    scores = {}
+    for name, tasks in sets.items():
+        samples = []
+        scores[name] = evaluate(
             model,
             tokenizer,
             tasks,
@@ -111,9 +115,11 @@ def score(model_path: str, sets: dict[str, list[Task]], config, *, adapter_path=
             enable_thinking=config.enable_thinking,
             prefill=config.prefill,
             progress=progress,
+            samples=samples,
         )
-        for name, tasks in sets.items()
-    }
+        corrected = (s for s in samples if s["correct"] and is_self_check(s["completion"], s["target"]))
+        scores[name]["first_self_correction"] = next(corrected, None)
+    return scores
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
@@ -161,23 +167,44 @@ def run_demo(options: DemoOptions, echo=print) -> dict:
 
 
 def format_results(result: dict) -> str:
-    """The before/after table the demo prints: greedy accuracy, format rate, and the share of answers
-    that are an equation over the numbers (right or wrong; the rest is mostly a bare number)."""
-    rows = [("held-out set", "accuracy", "format rate", "equation answers")]
+    """The before/after figures the demo prints, one block per held-out set: greedy accuracy, format
+    rate, the share of answers that are an equation over the numbers (right or wrong; the rest is
+    mostly a bare number), accuracy among those (skill, not habit), mean completion length and the
+    self-check rate; then the trained model's first completion that rejects its own candidate and
+    then solves the task, when there is one."""
+    lines = []
     for name, before in result["before"].items():
         after = result["after"][name]
         gain = f"{100 * (after['accuracy'] - before['accuracy']):+.1f} points"
         if before["accuracy"]:
             gain += f", {after['accuracy'] / before['accuracy']:.1f}x"
-        rows.append(
-            (
-                f"{name} [{before['num_tasks']}]",
-                f"{before['accuracy']:.3f} -> {after['accuracy']:.3f} ({gain})",
-                f"{before['format_rate']:.3f} -> {after['format_rate']:.3f}",
-                f"{before['equation_rate']:.3f} -> {after['equation_rate']:.3f}",
+        figures = [f"  {label:<24}{_figure(before, key)} -> {_figure(after, key)}" for label, key in FIGURES]
+        figures[0] += f" ({gain})"  # the accuracy line
+        lines += [f"{name} [{before['num_tasks']}]", *figures]
+        corrected = after.get("first_self_correction")
+        if corrected:
+            quoted = "\n".join("    " + line for line in corrected["completion"].splitlines())
+            lines.append(
+                f"  first self-correction (target {corrected['target']}, numbers {corrected['nums']}):\n{quoted}"
             )
-        )
-    width = max(len(r[0]) for r in rows) + 2
-    lines = [f"{a:<{width}}{b:<40}{c:<18}{d}" for a, b, c, d in rows]
     lines.append(f"plot: {result['plot']}   time: {result['wall_s'] / 60:.1f} min")
     return "\n".join(lines)
+
+
+# (label, key) of each figure format_results prints; "skill" is accuracy / equation rate.
+FIGURES = (
+    ("accuracy", "accuracy"),
+    ("format rate", "format_rate"),
+    ("equation answers", "equation_rate"),
+    ("right among equations", "skill"),
+    ("completion length", "completion_length"),
+    ("self-check rate", "self_check_rate"),
+)
+
+
+def _figure(scores: dict, key: str) -> str:
+    if key == "skill":
+        return f"{scores['accuracy'] / scores['equation_rate']:.3f}" if scores["equation_rate"] else "-"
+    if key == "completion_length":
+        return f"{scores[key]:.1f}"
+    return f"{scores[key]:.3f}" if key in scores else "-"

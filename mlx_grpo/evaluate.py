@@ -1,4 +1,5 @@
-"""Held-out evaluation: greedy pass@1 accuracy, format rate, equation rate, completion length, optional pass@k.
+"""Held-out evaluation: greedy pass@1 accuracy, format rate, equation rate, completion length,
+self-check rate, optional pass@k.
 
 With a thinking budget, both the greedy and the sampled pass run under it, as training's rollout does.
 """
@@ -10,6 +11,7 @@ from tqdm import tqdm
 
 from mlx_grpo import distributed
 from mlx_grpo.budget import ThinkingBudget
+from mlx_grpo.countdown.selfcheck import is_self_check
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.episodes import run_episodes
 from mlx_grpo.sampling import SamplingOptions
@@ -38,9 +40,11 @@ def evaluate(
     `mlx.launch` each rank scores its block of the tasks and the counts are summed over ranks.
 
     Returns:
-        {"accuracy", "format_rate", "equation_rate", "completion_length", "forced_frac", "num_tasks"} and
-        "pass@k" when asked. `forced_frac`: greedy rows whose think block the budget closed. `equation_rate`: answers that are an equation using every number once, whatever
-        its value (a bare result, or a number missing or used twice, is not).
+        {"accuracy", "format_rate", "equation_rate", "self_check_rate", "completion_length", "forced_frac",
+        "num_tasks"} and "pass@k" when asked. `forced_frac`: greedy rows whose think block the budget
+        closed. `equation_rate`: answers that are an equation using every number once, whatever its
+        value (a bare result, or a number missing or used twice, is not). `self_check_rate`: greedy
+        completions that reject a candidate against the target and try another (`countdown.selfcheck`).
     """
     mine = distributed.shard(len(tasks))  # this rank's block: seeds follow the global positions
     before = len(samples) if samples is not None else 0
@@ -61,6 +65,7 @@ def evaluate(
         "accuracy": summed["correct"] / n,
         "format_rate": summed["well_formed"] / n,
         "equation_rate": summed["equations"] / n,
+        "self_check_rate": summed["self_checks"] / n,
         "completion_length": summed["length"] / n,
         "forced_frac": summed["forced"] / n,
         "num_tasks": len(tasks),
@@ -70,7 +75,7 @@ def evaluate(
     return result
 
 
-_COUNTS = ("correct", "well_formed", "equations", "length", "forced", "solved")
+_COUNTS = ("correct", "well_formed", "equations", "self_checks", "length", "forced", "solved")
 
 
 def _score_chunk(model, tokenizer, chunk: list[Task], options, pass_k: int, seed: int, samples, common) -> dict:
@@ -93,6 +98,7 @@ def _score_chunk(model, tokenizer, chunk: list[Task], options, pass_k: int, seed
         "correct": sum(v.correct for v in verdicts),
         "well_formed": sum(v.well_formed for v in verdicts),
         "equations": sum(v.is_equation for v in verdicts),
+        "self_checks": sum(is_self_check(c, t.target) for c, t in zip(greedy.completions, chunk)),
         "length": int(greedy.rollout.lengths.sum().item()),
         "forced": sum(greedy.forced),
         "solved": solved,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlx_grpo.countdown.selfcheck import is_self_check
 from mlx_grpo.episodes import Episodes
 from mlx_grpo.update import UpdateResult
 
@@ -26,6 +27,7 @@ def row_values(episodes: Episodes) -> dict[str, list]:
         "rewards": {k: list(v) for k, v in episodes.rewards.items()},
         "correct": episodes.correct,
         "well_formed": episodes.well_formed,
+        "self_check": [is_self_check(c, episodes.row_task(i).target) for i, c in enumerate(episodes.completions)],
         "lengths": episodes.rollout.lengths.tolist(),
         "truncated": episodes.rollout.truncated.tolist(),
         "forced": episodes.forced,
@@ -63,6 +65,7 @@ def step_metrics(
         **{f"rewards/{k}": float(np.mean(v)) for k, v in rows["rewards"].items()},
         "accuracy": float(np.mean(rows["correct"])),
         "format_rate": float(np.mean(rows["well_formed"])),
+        "self_check_rate": float(np.mean(rows["self_check"])),  # countdown.selfcheck: rejected, then retried
         "completion_length/mean": float(lengths.mean()),
         "completion_length/max": int(lengths.max()),
         "truncated_frac": float(np.mean(rows["truncated"])),

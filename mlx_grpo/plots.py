@@ -126,6 +126,39 @@ def plot_reward_accuracy(rows: list[dict], path: str | Path) -> Path:
     )
 
 
+def plot_aha(rows: list[dict], path: str | Path) -> Path:
+    """The "aha" page in one figure: accuracy, mean completion length and self-check rate per step,
+    three panels over one step axis (training batches as lines, held-out evaluations as points)."""
+    # (title, y label, training key, held-out key, on a 0-1 axis); self-checks are rare at first,
+    # so their axis follows the data to show a doubling.
+    panels = [
+        ("Accuracy", "correct", "accuracy", "eval/accuracy", True),
+        ("Mean completion length", "tokens", "completion_length/mean", "eval/completion_length", False),
+        ("Self-checks (a candidate rejected, then another)", "share", "self_check_rate", "eval/self_check_rate", False),
+    ]
+    fig = _figure()
+    for ax, (title, ylabel, key, eval_key, rate) in zip(fig.subplots(3, 1, sharex=True), panels):
+        lines, points = [("train batch", series(rows, key))], [("held-out", series(rows, eval_key))]
+        _draw_axis(ax, title, ylabel, lines, points=points, rate=rate, fontsize=11)
+    return _save(fig, path)
+
+
+def _figure():
+    # Imported on first use: matplotlib takes ~0.5 s to import, which every CLI command would pay.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI, layout="constrained")
+
+
+def _save(fig, path: str | Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig).print_png(str(path))
+    return path
+
+
 def _draw(
     path: str | Path,
     title: str,
@@ -136,12 +169,13 @@ def _draw(
     rate: bool = False,
 ) -> Path:
     """Draw line series (the first one bold) and point series on one axis; write the PNG."""
-    # Imported on first use: matplotlib takes ~0.5 s to import, which every CLI command would pay.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    fig = _figure()
+    _draw_axis(fig.subplots(), title, ylabel, lines, points=points, rate=rate)
+    return _save(fig, path)
 
-    fig = Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI, layout="constrained")
-    ax = fig.subplots()
+
+def _draw_axis(ax, title: str, ylabel: str, lines, *, points=(), rate: bool = False, fontsize: int = 14) -> None:
+    """Line series (the first one bold) and point series on the axis `ax`."""
     drawn = 0
     for i, (label, s) in enumerate(lines):
         if s.steps:
@@ -151,7 +185,7 @@ def _draw(
         if s.steps:
             ax.plot(s.steps, s.values, "o", color=f"C{len(lines) + j}", markersize=7, label=label, zorder=3)
             drawn += 1
-    ax.set_title(title, fontsize=14)
+    ax.set_title(title, fontsize=fontsize)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
@@ -170,10 +204,6 @@ def _draw(
             fontsize=13,
             color="0.4",
         )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig).print_png(str(path))
-    return path
 
 
 def _line(ax, label: str, s: Series, *, color: str, width: float, zorder: float) -> None:

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from mlx_grpo import plots
+from mlx_grpo.countdown.selfcheck import REJECTION_LINE, is_self_check
 from mlx_grpo.errors import UserError
 from mlx_grpo.plots import Series
 from mlx_grpo.rundir import PLOTS, REPORT, Run, read_run, write_text
@@ -26,6 +27,7 @@ DEFAULT_PHRASES = ("wait", "let me check", "verify", "try again", "instead")
 
 # (file stem, function of the metrics rows) for every figure drawn from metrics.jsonl, in page order.
 METRIC_PLOTS = (
+    ("aha", plots.plot_aha),
     ("reward", plots.plot_reward),
     ("accuracy", plots.plot_accuracy),
     ("format_rate", plots.plot_format_rate),
@@ -60,6 +62,7 @@ FINAL_METRICS = (
     "reward",
     "accuracy",
     "format_rate",
+    "self_check_rate",
     "completion_length/mean",
     "truncated_frac",
     "zero_adv_frac",
@@ -100,6 +103,13 @@ def reflection_rates(completions: list[dict], phrases: list[str] | tuple[str, ..
 def is_correct(row: dict) -> bool:
     """A logged completion is correct when its equation reward is 1."""
     return (row.get("rewards") or {}).get("equation") == 1.0
+
+
+def first_self_correction(completions: list[dict]) -> dict | None:
+    """The first logged completion (by step, then file order) that rejects a candidate of its own
+    against the target, tries another (`countdown.selfcheck`) and is correct; None if there is none."""
+    found = [r for r in completions if is_correct(r) and is_self_check(str(r.get("completion", "")), r.get("target"))]
+    return min(found, key=lambda r: r["step"]) if found else None
 
 
 def pick_samples(completions: list[dict]) -> list[tuple[str, dict]]:
@@ -154,7 +164,8 @@ def build_report(run_dir: str | Path, output: str | Path | None = None, phrases=
 def render_html(run: Run, pngs: dict[str, Path], phrases=DEFAULT_PHRASES) -> str:
     """The whole page as one string; `pngs` (name -> PNG path) are embedded, not linked."""
     title = f"mlx-grpo report: {run.path.name}"
-    body = "\n".join([_header_html(run), _plots_html(pngs), _completions_html(run.completions, phrases)])
+    sections = [_header_html(run), _self_correction_html(run.completions), _plots_html(pngs)]
+    body = "\n".join(sections + [_completions_html(run.completions, phrases)])
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
         f"<title>{_esc(title)}</title>\n<style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
@@ -203,6 +214,16 @@ def _completions_html(completions: list[dict], phrases) -> str:
         pattern = phrase_pattern(phrases)
         cards = "\n".join(_card(label, row, pattern) for label, row in samples)
     return f'<section id="completions"><h2>Sampled completions</h2>\n{cards}\n</section>'
+
+
+def _self_correction_html(completions: list[dict]) -> str:
+    row = first_self_correction(completions)
+    card = (
+        _card("rejects its own candidate, then finds the answer", row, REJECTION_LINE)
+        if row is not None
+        else "<p class=muted>no logged completion yet rejects a candidate of its own and then solves the task</p>"
+    )
+    return f'<section id="self-correction"><h2>First self-correction</h2>\n{card}\n</section>'
 
 
 def _card(label: str, row: dict, pattern: re.Pattern) -> str:

@@ -16,6 +16,13 @@ Three stages, each reproducible from `--seed`:
    equation (`warm_start_completion`): the habit GRPO has to unlearn, since the equation reward pays
    only for equations. The bundled model is a starting point for the demo, not a solver.
 
+Experiments (not the shipped recipe): `--search-share S` makes a share S of the completions search
+traces (`countdown.traces`: 1..`--max-misses` wrong candidates, each computed and rejected against
+the target, then the solution), the rare self-checking behaviour GRPO could amplify;
+`--bare-share 0` drops the bare answers; `--init-from DIR` trains DIR's model further instead of a
+new one; `--probe-tasks N` logs greedy accuracy, self-check rate and the share of wrong step lines
+(`selfcheck.steps`) on N held-out tasks at each log line.
+
 Tasks come from `generator.generate_tasks` with seeds from SFT_SEED_BASE up, disjoint from the
 demo's evaluation seed, and any task of the demo's held-out set is skipped. No row of
 ../shared/data is ever read. What each setting gave is in scripts/README.md.
@@ -29,6 +36,7 @@ import random
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
@@ -38,10 +46,12 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from mlx_grpo import modelgen
+from mlx_grpo.countdown import selfcheck
 from mlx_grpo.countdown.generator import generate_tasks
 from mlx_grpo.countdown.prompts import SYSTEM_PROMPT, USER_TEMPLATE, build_prompt
 from mlx_grpo.countdown.solver import worked_solution
 from mlx_grpo.countdown.tasks import Task
+from mlx_grpo.countdown.traces import search_trace
 
 SFT_SEED_BASE = 1_000_000  # generator seeds of the recipe's tasks: SFT_SEED_BASE + i
 TOKENIZER_TASKS = 2_000
@@ -52,7 +62,16 @@ BARE_ANSWER = 0.5
 SHAPE = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=384, num_attention_heads=4, num_key_value_heads=2)
 
 
-def tokenizer_corpus(num_tasks: int, seed: int) -> list[str]:
+@dataclass(frozen=True)
+class TraceMix:
+    """What the warm start's completions look like: shares of bare answers and of search traces."""
+
+    bare: float = BARE_ANSWER  # answer with the bare target instead of the equation
+    search: float = 0.0  # a search trace (`traces.search_trace`) instead of the worked solution
+    max_misses: int = 2  # a search trace rejects 1..max_misses wrong candidates
+
+
+def tokenizer_corpus(num_tasks: int, seed: int, mix: TraceMix) -> list[str]:
     """The texts of `num_tasks` conversations cut at the special tokens, as encoding cuts them:
     role headers with the system prompt, the user prompt, the warm-start completion."""
     special = re.compile("|".join(re.escape(t) for t in modelgen.SPECIAL_TOKENS))
@@ -60,7 +79,7 @@ def tokenizer_corpus(num_tasks: int, seed: int) -> list[str]:
     for task in generate_tasks(num_tasks, SFT_SEED_BASE - 1 - seed):
         numbers = "[" + ", ".join(str(n) for n in task.nums) + "]"
         user = USER_TEMPLATE.format(numbers=numbers, target=task.target)
-        for text in ("system\n" + SYSTEM_PROMPT, "user\n" + user, "assistant\n", warm_start_completion(task, rng)):
+        for text in ("system\n" + SYSTEM_PROMPT, "user\n" + user, "assistant\n", warm_start_completion(task, rng, mix)):
             texts += [piece for piece in special.split(text) if piece]
     return texts
 
@@ -92,9 +111,9 @@ def train_phrase_tokenizer(corpus: list[str], vocab_size: int):
     return tokenizer
 
 
-def build_untrained(out: Path, seed: int, shape: dict, rope_theta: float, vocab_size: int) -> None:
+def build_untrained(out: Path, seed: int, shape: dict, rope_theta: float, vocab_size: int, mix: TraceMix) -> None:
     """Tokenizer + random-weight Qwen3 written to `out`."""
-    tokenizer = train_phrase_tokenizer(tokenizer_corpus(TOKENIZER_TASKS, seed), vocab_size)
+    tokenizer = train_phrase_tokenizer(tokenizer_corpus(TOKENIZER_TASKS, seed, mix), vocab_size)
     modelgen.save_tokenizer(tokenizer, out)
     config = modelgen.qwen3_config(
         vocab_size=tokenizer.get_vocab_size(),
@@ -106,13 +125,17 @@ def build_untrained(out: Path, seed: int, shape: dict, rope_theta: float, vocab_
     modelgen.save_model(modelgen.init_qwen3(config, seed=seed), config, out)
 
 
-def warm_start_completion(task: Task, rng: random.Random) -> str:
-    """The solver's worked solution; with probability BARE_ANSWER its answer is the bare target.
+def warm_start_completion(task: Task, rng: random.Random, mix: TraceMix = TraceMix()) -> str:
+    """The solver's worked solution, or with probability `mix.search` a search trace; then, with
+    probability `mix.bare`, its answer replaced by the bare target.
 
     Example (bare): "<think>\n44 + 19 = 63\n63 + 35 = 98\n</think>\n<answer> 98 </answer>"
     """
-    text = worked_solution(task.nums, task.target)
-    if rng.random() < BARE_ANSWER:
+    if mix.search and rng.random() < mix.search:
+        text = search_trace(task, rng, misses=rng.randint(1, mix.max_misses))
+    else:
+        text = worked_solution(task.nums, task.target)
+    if rng.random() < mix.bare:
         text = text[: text.index("<answer>")] + f"<answer> {task.target} </answer>"
     return text
 
@@ -143,7 +166,7 @@ def completion_loss(model, ids: mx.array, mask: mx.array) -> mx.array:
     return (ce * mask).sum() / mask.sum()
 
 
-def example_batches(batch_size: int, seed: int, exclude: set[Task]):
+def example_batches(batch_size: int, seed: int, exclude: set[Task], mix: TraceMix):
     """Fresh generated tasks forever, `batch_size` (task, warm-start completion) pairs at a time,
     no task of `exclude` among them."""
     rng = random.Random(seed)
@@ -154,7 +177,7 @@ def example_batches(batch_size: int, seed: int, exclude: set[Task]):
         ]
         index += 1
         if tasks:
-            yield [(t, warm_start_completion(t, rng)) for t in tasks]
+            yield [(t, warm_start_completion(t, rng, mix)) for t in tasks]
 
 
 def lr_schedule(lr: float, steps: int, warmup: int, cooldown: int):
@@ -175,6 +198,7 @@ def supervised_warm_start(
     warmup: int,
     seed: int,
     exclude: set[Task],
+    mix: TraceMix = TraceMix(),
     cooldown: int = 0,
     log_every: int = 25,
     probe=None,
@@ -188,7 +212,7 @@ def supervised_warm_start(
     mx.random.seed(seed)
     optimizer = optim.AdamW(learning_rate=lr_schedule(lr, steps, warmup, cooldown), weight_decay=0.0)
     loss_and_grad = nn.value_and_grad(model, completion_loss)
-    batches = example_batches(batch_size, seed, exclude)
+    batches = example_batches(batch_size, seed, exclude, mix)
     log, start, cpu_start, running = [], time.time(), time.process_time(), []
     for step in range(1, steps + 1):
         ids, mask = make_batch(tokenizer, next(batches), stop_id, pad_id)
@@ -214,9 +238,22 @@ def supervised_warm_start(
 
 
 def held_out_accuracy(model, tokenizer, tasks: list[Task], max_tokens: int) -> dict:
+    """Greedy `evaluate` figures, and how reliable the arithmetic is: the share of wrong step lines
+    (`selfcheck.steps`) over all completions and over those that self-check."""
     from mlx_grpo.evaluate import evaluate
 
-    return evaluate(model, tokenizer, tasks, max_tokens=max_tokens, batch_size=64)
+    samples = []
+    result = evaluate(model, tokenizer, tasks, max_tokens=max_tokens, batch_size=64, samples=samples)
+    checking = [s for s in samples if selfcheck.is_self_check(s["completion"], s["target"])]
+    result["step_error_rate"] = _step_error_rate(samples)
+    result["step_error_rate/self_checks"] = _step_error_rate(checking)
+    result["self_check_accuracy"] = sum(s["correct"] for s in checking) / max(len(checking), 1)
+    return result
+
+
+def _step_error_rate(samples: list[dict]) -> float:
+    lines = [step for s in samples for step in selfcheck.steps(s["completion"])]
+    return sum(not step.correct for step in lines) / max(len(lines), 1)
 
 
 def main(argv=None) -> None:
@@ -234,6 +271,10 @@ def main(argv=None) -> None:
     parser.add_argument("--heads", type=int, default=SHAPE["num_attention_heads"])
     parser.add_argument("--kv-heads", type=int, default=SHAPE["num_key_value_heads"])
     parser.add_argument("--vocab-size", type=int, default=1024)
+    parser.add_argument("--bare-share", type=float, default=BARE_ANSWER, help="completions answering the bare target")
+    parser.add_argument("--search-share", type=float, default=0.0, help="completions that are search traces")
+    parser.add_argument("--max-misses", type=int, default=2, help="wrong candidates a search trace rejects, at most")
+    parser.add_argument("--max-tokens", type=int, default=None, help="evaluation budget (default: the demo's)")
     parser.add_argument("--rope-theta", type=float, default=10_000.0)
     parser.add_argument("--eval-tasks", type=int, default=1000, help="held-out tasks scored at the end (0: none)")
     parser.add_argument("--eval-seed", type=int, default=None, help="default: the demo's evaluation seed")
@@ -241,6 +282,7 @@ def main(argv=None) -> None:
         "--probe-tasks", type=int, default=0, help="greedy accuracy on N held-out tasks at each log line"
     )
     parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--init-from", default=None, help="train this model further instead of a new one")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
@@ -260,14 +302,19 @@ def main(argv=None) -> None:
         num_attention_heads=args.heads,
         num_key_value_heads=args.kv_heads,
     )
+    mix = TraceMix(bare=args.bare_share, search=args.search_share, max_misses=args.max_misses)
+    max_tokens = args.max_tokens or MAX_TOKENS
     start = time.time()
-    build_untrained(out, args.seed, shape, args.rope_theta, args.vocab_size)
+    if args.init_from:  # a second stage: the given model's tokenizer and weights, trained on
+        shutil.copytree(args.init_from, out, ignore=shutil.ignore_patterns("*.md", "*.yaml"))
+    else:
+        build_untrained(out, args.seed, shape, args.rope_theta, args.vocab_size, mix)
     model, tokenizer = mlx_lm.load(str(out))
     exclude = set(held_out_tasks(EVAL_SEED))
     probe = None
     if args.probe_tasks:
         probe_tasks = held_out_tasks(EVAL_SEED)[: args.probe_tasks]
-        probe = lambda m: {"probe_accuracy": held_out_accuracy(m, tokenizer, probe_tasks, MAX_TOKENS)["accuracy"]}
+        probe = lambda m: {f"probe/{k}": v for k, v in held_out_accuracy(m, tokenizer, probe_tasks, max_tokens).items()}
     log = supervised_warm_start(
         model,
         tokenizer,
@@ -278,6 +325,7 @@ def main(argv=None) -> None:
         cooldown=args.cooldown,
         seed=args.seed,
         exclude=exclude,
+        mix=mix,
         log_every=args.log_every,
         probe=probe,
     )
@@ -293,7 +341,7 @@ def main(argv=None) -> None:
     }
     if args.eval_tasks:
         tasks = held_out_tasks(args.eval_seed if args.eval_seed is not None else EVAL_SEED)[: args.eval_tasks]
-        result.update(held_out_accuracy(model, tokenizer, tasks, MAX_TOKENS))
+        result.update(held_out_accuracy(model, tokenizer, tasks, max_tokens))
     print(json.dumps(result))
 
 

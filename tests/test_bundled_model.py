@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from mlx_grpo.countdown.selfcheck import is_self_check
 from mlx_grpo.demo import BUNDLED_MODEL, EVAL_SEED, held_out_tasks
 
 pytestmark = pytest.mark.skipif(
@@ -77,6 +78,8 @@ def test_it_solves_some_held_out_tasks_greedily(bundled):
     equations = [is_equation(s["completion"], s["nums"]) for s in samples]
     assert result["equation_rate"] == sum(equations) / len(samples)
     assert result["accuracy"] <= result["equation_rate"]
+    checks = [is_self_check(s["completion"], s["target"]) for s in samples]
+    assert result["self_check_rate"] == sum(checks) / len(samples)
 
 
 def test_quick_demo_end_to_end_and_no_clobbering(tmp_path, capsys):

@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import build_tiny_model as recipe  # noqa: E402
 
+from mlx_grpo.countdown import selfcheck  # noqa: E402
 from mlx_grpo.countdown.generator import generate_tasks  # noqa: E402
 from mlx_grpo.countdown.solver import worked_solution  # noqa: E402
 from mlx_grpo.rewards import equation_reward_func, format_reward_func  # noqa: E402
@@ -37,6 +38,17 @@ def test_warm_start_completions_answer_with_the_equation_or_the_bare_result():
             bare += 1
             assert completion == f"{think}<answer> {task.target} </answer>"
     assert abs(bare / len(TASKS) - recipe.BARE_ANSWER) < 0.04  # 4 standard errors at n = 2000
+
+
+def test_a_search_mix_writes_its_share_of_self_checking_traces_all_correct():
+    rng = random.Random(0)
+    mix = recipe.TraceMix(bare=0.0, search=0.1, max_misses=2)
+    completions = [recipe.warm_start_completion(task, rng, mix) for task in TASKS]
+    solved = equation_reward_func(completions, [t.target for t in TASKS], [list(t.nums) for t in TASKS])
+    assert solved == [1.0] * len(TASKS) and format_reward_func(completions) == [1.0] * len(TASKS)
+    checks = [selfcheck.self_checks(c, t.target) for c, t in zip(completions, TASKS)]
+    assert set(checks) == {0, 1, 2}
+    assert abs(sum(n > 0 for n in checks) / len(TASKS) - mix.search) < 0.03  # 4 standard errors at n = 2000
 
 
 def test_recipe_is_reproducible_from_its_seed(tmp_path):

@@ -39,6 +39,13 @@ def _completion(rng: random.Random, step: int, nums: list[int], target: int, cor
     return f"<think>\n{thought}\n</think>\n<answer> {equation} </answer>", equation
 
 
+def _self_correction(nums: list[int], target: int, equation: str) -> str:
+    """A correct completion that first rejects a candidate (the sum of the numbers) against the target."""
+    a, b, c = nums
+    thought = f"{a} + {b} = {a + b}\n{a + b} + {c} = {a + b + c}\n{a + b + c} != {target}\n{a} + {b} = {a + b}"
+    return f"<think>\n{thought}\n</think>\n<answer> {equation} </answer>"
+
+
 def write_synthetic_run(
     run_dir: Path,
     *,
@@ -84,6 +91,8 @@ def write_synthetic_run(
                     text = f"<think>{HOSTILE}</think>\n<answer> 1 & 2 </answer>"
                 if hostile and correct and i == 1:
                     text += HOSTILE_IMG
+                if correct and i == 2:
+                    text = _self_correction(nums, target, equation) if target != sum(nums) else text
                 rewards = {"format": 1.0, "equation": 1.0 if correct else 0.0}
                 rows.append(
                     {
@@ -107,6 +116,7 @@ def write_synthetic_run(
             "rewards/equation": p,
             "accuracy": p,
             "format_rate": 1.0,
+            "self_check_rate": p / 4,
             "completion_length/mean": 40.0 + step,
             "completion_length/max": 64.0,
             "truncated_frac": 0.1,
@@ -157,6 +167,9 @@ def test_report_from_synthetic_run(tmp_path):
         assert label in page
     assert "tiny-qwen3" in page and "best eval/accuracy" in page
     assert "<mark>Wait</mark>" in page  # reflection phrases are highlighted in completions
+    corrected = report.first_self_correction(rundir.read_run(run, adapters=False).completions)
+    section = page[page.index('id="self-correction"') : page.index('id="plots"')]
+    assert f"target {corrected['target']}" in section and re.search(r"<mark>\d+ != \d+</mark>", section)
 
 
 def test_report_of_run_in_progress(tmp_path):
@@ -166,6 +179,19 @@ def test_report_of_run_in_progress(tmp_path):
         f.write('{"step": 4, "reward": 0.')
     page = assert_report(run, report.build_report(run, tmp_path / "out" / "r.html"))
     assert "no completions logged yet" in page and "step 3 of 3" in page
+    assert "no logged completion yet rejects a candidate" in page
+
+
+def test_first_self_correction_is_the_first_correct_retry():
+    def row(step: int, completion: str, correct: bool) -> dict:
+        return {"step": step, "target": 98, "completion": completion, "rewards": {"equation": float(correct)}}
+
+    retry = "<think>\n44 - 19 = 25\n25 + 35 = 60\n60 != 98\n44 + 19 = 63\n63 + 35 = 98\n</think>"
+    gave_up = "<think>\n44 - 19 = 25\n25 + 35 = 60\n60 != 98\n</think>"
+    rows = [row(1, gave_up, False), row(3, retry, False), row(5, retry + "\n", True), row(4, retry, True)]
+    assert report.first_self_correction(rows) is rows[3]  # step 4 comes before step 5 in the file
+    assert report.first_self_correction(rows[:3]) is rows[2]
+    assert report.first_self_correction(rows[:2]) is None
 
 
 def test_read_jsonl_skips_only_a_truncated_last_line(tmp_path):
@@ -293,3 +319,4 @@ def test_report_from_real_short_run(tmp_path, tiny_model_path):
     assert png_size(run / "plots" / "reward_accuracy.png") == (plots.WIDTH, plots.HEIGHT)
     page = assert_report(run, report.build_report(run))
     assert "first step" in page and "last step" in page
+    assert all("self_check_rate" in row for row in rundir.read_run(run, adapters=False).metrics if "reward" in row)

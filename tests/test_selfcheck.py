@@ -1,0 +1,111 @@
+"""The self-check definition on hand-written completions, and the search traces that show it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from mlx_grpo.countdown import selfcheck
+from mlx_grpo.countdown.generator import generate_tasks
+from mlx_grpo.countdown.scoring import judge
+from mlx_grpo.countdown.solver import worked_solution
+from mlx_grpo.countdown.tasks import Task
+from mlx_grpo.countdown.traces import search_trace, wrong_candidate
+
+
+def turn(*lines: str, answer: str = "(44 + 19) + 35") -> str:
+    return "<think>\n" + "\n".join(lines) + f"\n</think>\n<answer> {answer} </answer>"
+
+
+RETRY = turn("44 - 19 = 25", "25 + 35 = 60", "60 != 98", "44 + 19 = 63", "63 + 35 = 98")
+
+
+@pytest.mark.parametrize(
+    "completion, count",
+    [
+        (RETRY, 1),
+        (turn("44 * 19 = 836", "836 != 98", "44 - 19 = 25", "25 != 98", "44 + 19 = 63", "63 + 35 = 98"), 2),
+        # the other spellings of "not equal", extra spaces, a parenthesised operand
+        (turn("44 - 19 = 25", "25 + 35 = 60", "60 ≠ 98", "44 + 19 = 63"), 1),
+        (turn("44 - 19 = 25", "25 + 35 = 60", "60 is not 98, try again", "44 + 19 = 63"), 1),
+        (turn("  44 -19 =25", "(25) + 35 = 60", " 60  !=  98", "44 + 19 = 63"), 1),
+        # a truncated completion (no </think>) is read to its end
+        ("<think>\n44 - 19 = 25\n25 + 35 = 60\n60 != 98\n44 + 19 = 63\n63 +", 1),
+        # wrong arithmetic still counts: the definition reads what the model wrote
+        (turn("44 - 19 = 26", "26 + 35 = 60", "60 != 98", "44 + 19 = 63"), 1),
+    ],
+)
+def test_rejected_candidate_then_another_counts(completion, count):
+    assert selfcheck.self_checks(completion, 98) == count
+    assert selfcheck.is_self_check(completion, 98)
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        turn("44 + 19 = 63", "63 + 35 = 98"),  # a direct answer
+        turn("44 + 19 = 63", "63 + 35 = 98", "98 = 98"),  # a confirmed candidate is not a rejection
+        turn("44 - 19 = 25", "25 + 35 = 60", "60 != 98"),  # rejected, then gave up: no retry
+        turn("44 - 19 = 25", "25 + 35 = 60", "60 != 97", "44 + 19 = 63"),  # compared with another number
+        turn("44 - 19 = 25", "25 + 35 = 60", "25 != 98", "44 + 19 = 63"),  # not the candidate's value
+        turn("60 != 98", "44 + 19 = 63", "63 + 35 = 98"),  # a rejection before any candidate
+        turn("44 + 19 = 98", "98 != 98", "44 + 19 = 63"),  # a false rejection (the value is the target)
+        turn("44 - 19 = 25", "25 + 35 = 60", "x 60 != 98", "44 + 19 = 63"),  # not at the start of a line
+        # after </think> nothing counts
+        "<think>\n44 - 19 = 25\n25 + 35 = 60\n</think>\n60 != 98\n44 + 19 = 63\n<answer> 1 </answer>",
+        "",
+    ],
+)
+def test_what_does_not_count(completion):
+    assert selfcheck.self_checks(completion, 98) == 0
+    assert not selfcheck.is_self_check(completion, 98)
+
+
+def test_a_second_rejection_of_one_candidate_counts_once():
+    assert selfcheck.self_checks(turn("44 - 19 = 25", "25 != 98", "25 != 98", "44 + 19 = 63"), 98) == 1
+
+
+def test_steps_and_their_arithmetic():
+    found = selfcheck.steps(turn("44 - 19 = 26", "26 + 35 = 61", "61 != 98", "8 / 0 = 0", "9 / 2 = 4", "63 * 2 = 126"))
+    assert [(s.left, s.op, s.right, s.result) for s in found][0] == (44, "-", 19, 26)
+    assert [s.correct for s in found] == [False, True, False, False, True]
+
+
+def test_search_traces_are_what_the_definition_counts():
+    rng = random.Random(0)
+    for task in generate_tasks(200, 5):
+        misses = rng.randint(0, 3)
+        text = search_trace(task, rng, misses)
+        assert selfcheck.self_checks(text, task.target) == misses  # every generated task has wrong candidates
+        assert all(step.correct for step in selfcheck.steps(text))
+        assert judge(text, task.target, task.nums).correct and judge(text, task.target, task.nums).well_formed
+    assert search_trace(Task(98, (44, 19, 35)), rng, 0) == worked_solution([44, 19, 35], 98)
+
+
+def test_wrong_candidate_uses_every_number_and_misses_the_target():
+    rng = random.Random(1)
+    lines = wrong_candidate((44, 19, 35), 98, rng)
+    assert len(lines) == 2 and lines[-1].rsplit(" ", 1)[1] != "98"
+    assert wrong_candidate((5,), 5, rng) is None  # one number: its only value is the target
+
+
+def test_step_metrics_report_the_self_check_rate():
+    from mlx_grpo.metrics import step_metrics
+    from mlx_grpo.update import UpdateResult
+
+    rows = {
+        "totals": [1.0, 0.0, 1.0, 1.0],
+        "rewards": {"equation": [1.0, 0.0, 1.0, 1.0]},
+        "correct": [True, False, True, True],
+        "well_formed": [True] * 4,
+        "self_check": [True, False, False, False],
+        "lengths": [40, 30, 20, 10],
+        "truncated": [False] * 4,
+        "forced": [False] * 4,
+    }
+    result = UpdateResult(
+        loss=0.0, grad_norm=0.0, kl=0.0, clip_frac_low=0.0, clip_frac_high=0.0, ratio=1.0, skipped=False
+    )
+    times = {"generate": 1.0, "score": 0.0, "update": 0.0, "step": 1.0}
+    assert step_metrics(1, rows, 2, result, times, lr=1e-4, memory={})["self_check_rate"] == 0.25
