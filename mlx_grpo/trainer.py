@@ -240,7 +240,7 @@ def evaluate_policy(training: Training) -> dict:
         seed=c.seed,
         budget=ThinkingBudget.of_config(c, training.tokenizer),
     )
-    keys = ("accuracy", "format_rate", "equation_rate", "completion_length", "forced_frac")
+    keys = ("accuracy", "format_rate", "equation_rate", "completion_length", "forced_frac", "self_check_rate")
     return {f"eval/{k}": result[k] for k in keys}
 
 
