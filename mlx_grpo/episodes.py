@@ -138,7 +138,13 @@ def run_episodes(
 
 def step_seed(seed: int, step: int, first_group: int = 0) -> int:
     """The sampling seed of one call at `step` whose first group is `first_group` in the global batch."""
-    return (seed * 1_000_003 + step + first_group * 7_919_011) % (2**31)
+    return call_seed((seed * 1_000_003 + step) % (2**31), first_group)
+
+
+def call_seed(batch_seed: int, first_group: int) -> int:
+    """The seed of one sampling call of a batch seeded `batch_seed`, from the call's first group
+    (`batch_seed` itself for the first): a group is sampled alike whichever rank samples its call."""
+    return (batch_seed + first_group * 7_919_011) % (2**31)
 
 
 def task_indices(step: int, batch_size: int, num_tasks: int, seed: int) -> list[int]:
@@ -176,6 +182,16 @@ class EpisodeSource:
         return join_episodes(
             [self.sample([rows[g] for g in call], step_seed(c.seed, step, call.start)) for call in calls]
         )
+
+    def sample_share(self, rows: list[int], batch_seed: int) -> tuple[Episodes | None, range]:
+        """This rank's block of the batch of train tasks `rows` (its positions in the batch too),
+        sampled in calls of `groups_per_call` groups seeded by `call_seed`; None for an empty block."""
+        mine = distributed.shard(len(rows))
+        size = self.groups_per_call or len(mine)
+        calls = [mine[i : i + size] for i in range(0, len(mine), size)]
+        if not calls:
+            return None, mine
+        return join_episodes([self.sample([rows[g] for g in c], call_seed(batch_seed, c.start)) for c in calls]), mine
 
     def sample(self, rows: list[int], seed: int) -> Episodes:
         """The episodes of the train tasks at `rows`, sampled with `seed`."""
