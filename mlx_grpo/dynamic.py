@@ -18,6 +18,13 @@ ran; then the step trains on what it has (fewer than B groups when the cap ends 
   compiles the decoder once, so sizes are kept to a few values).
 - When no group is informative after the last round, the step falls back to round 0's groups (a
   plain GRPO step: zero advantages).
+- Under `mlx.launch`, each rank samples its contiguous block of every round's groups
+  (`EpisodeSource.sample_share`: a call's seed comes from its first group, so a group is sampled
+  alike on any rank) and the ranks gather which of their groups are informative. The step keeps the
+  first B informative groups in (round, group) order, as one process does: what a step keeps is a
+  function of (seed, step) and the samples, not of the number of ranks, and every rank takes the
+  same decisions (round sizes, cap, fallback) from the same figures. A rank then trains on its kept
+  groups, which may be none (its update adds zeros to the gradient sum).
 """
 
 from __future__ import annotations

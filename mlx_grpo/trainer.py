@@ -333,7 +333,8 @@ def _restore(training: Training) -> int:
 
 
 def _check_world(config: TrainConfig) -> None:
-    """Data parallel: every rank takes the same number of whole groups, enough to split into micro-batches."""
+    """Data parallel: every rank takes the same number of whole groups of a plain step, enough to split
+    into micro-batches (dynamic sampling's kept groups may then fall unevenly: `update` takes any count)."""
     world = distributed.world_size()
     if config.batch_size % world:
         raise UserError(f"batch_size {config.batch_size} must be a multiple of the {world} ranks (whole groups each)")

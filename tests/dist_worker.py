@@ -4,7 +4,7 @@ tests/test_distributed.py starts it once (a 1-rank run) or twice with MLX_RANK /
 (the ring backend on localhost, as `mlx.launch` does). It trains with the real loop and the real
 EpisodeSource (inside the real DynamicSource with `dynamic_sampling`), sampling in calls of
 `groups_per_call` groups, then saves this rank's adapters. With "record" it also writes what this
-rank saw each step: the rows it trained on and the global RNG key of each LoRA dropout draw.
+rank saw each step: the rows it trained on and the global RNG key of each LoRA dropout draw, in order.
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ from mlx_grpo.errors import UserError
 
 
 class Recorder:
-    """Wraps the episode source and one LoRA layer's dropout: per step, the rows and the keys."""
+    """Wraps the episode source and the LoRA layers' dropout: per step, the rows and the keys."""
 
     def __init__(self, source, model):
         self.source, self.step = source, None
         self.rows, self.keys = {}, defaultdict(list)
-        lora = next(m for _, m in model.named_modules() if hasattr(m, "lora_a"))
-        lora.dropout = _KeyedDropout(lora.dropout, self)
+        _KeyedDropout.recorder = self
+        for _, module in model.named_modules():
+            if hasattr(module, "lora_a"):  # the same module (and parameter tree), one more line
+                module.dropout.__class__ = _KeyedDropout
 
     def __call__(self, step: int):
         self.step = step
@@ -41,15 +43,13 @@ class Recorder:
         return episodes
 
 
-class _KeyedDropout(nn.Module):
-    def __init__(self, dropout: nn.Module, recorder: Recorder):
-        super().__init__()
-        self.dropout, self.recorder = dropout, recorder
+class _KeyedDropout(nn.Dropout):
+    recorder = None  # a class attribute: a module's own attributes join its parameter tree
 
     def __call__(self, x):
-        if self.training:  # the key the draw is about to split: it fixes the mask
+        if self.training and self._p_1 < 1:  # the key the draw is about to split: it fixes the mask
             self.recorder.keys[self.recorder.step].append(np.array(mx.random.state[0]).tolist())
-        return self.dropout(x)
+        return super().__call__(x)
 
 
 def main(settings: dict) -> None:
