@@ -122,7 +122,7 @@ class DynamicSource:
         if kept == 0:  # nothing informative: round 0 as sampled, a plain step
             return _with_stats(rounds[0][0], rounds, stats, groups=0)
         parts = [r for r in rounds if len(r[1])]
-        episodes = _select(parts) if parts else _no_groups(rounds[0][0])  # every kept group is another rank's
+        episodes = _select(parts) if parts else empty_share(rounds[0][0])  # every kept group is another rank's
         return _with_stats(episodes, rounds, stats, groups=kept)
 
     def _informative(self, episodes: Episodes | None, mine: range) -> np.ndarray:
@@ -184,7 +184,7 @@ def _pad(x: mx.array, T: int) -> mx.array:
     return mx.pad(x, [(0, 0), (0, T - x.shape[1])])
 
 
-def _no_groups(like: Episodes) -> Episodes:
+def empty_share(like: Episodes) -> Episodes:
     """Zero rows in the layout of `like`: a rank's share when every kept group is another rank's."""
     r = like.rollout
     prompts = PromptBatch([], r.prompts.tokens[:0], r.prompts.pad[:0], 0)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlx.core as mx
+import mlx.nn as nn
 import pytest
 from ring import (
     assert_same_adapters,
@@ -22,7 +24,12 @@ from ring import (
     settings,
 )
 
-from mlx_grpo.episodes import task_indices
+from mlx_grpo.config import TrainConfig
+from mlx_grpo.countdown.data import load_tasks, split_tasks
+from mlx_grpo.dynamic import empty_share, round_draw, round_size
+from mlx_grpo.episodes import EpisodeSource, task_indices
+from mlx_grpo.trainer import prepare
+from mlx_grpo.update import make_loss, update
 
 MARKED_REWARD = """
 MARKED = {marked!r}
@@ -46,8 +53,6 @@ def dynamic_settings(model_path, out, reward, **overrides) -> dict:
 
 def planned_tasks(train_tasks, batch: int, seed: int) -> tuple[set, set]:
     """The (target, nums) of the tasks PLAN marks informative, and of those it marks flat."""
-    from mlx_grpo.dynamic import round_draw, round_size
-
     marked, flat = set(), set()
     for step, rounds in PLAN.items():
         rows, used, kept, sampled, surplus = task_indices(step, batch, len(train_tasks), seed), set(), 0, 0, 0
@@ -65,8 +70,6 @@ def planned_tasks(train_tasks, batch: int, seed: int) -> tuple[set, set]:
 
 @pytest.fixture(scope="module")
 def marked_reward(tmp_path_factory, tiny_model_path) -> str:
-    from mlx_grpo.countdown.data import load_tasks, split_tasks
-
     c = dynamic_settings(tiny_model_path, "unused", "unused")
     train, _ = split_tasks(load_tasks(c["dataset"], seed=c["seed"], num_samples=c["num_samples"]), c["test_size"])
     marked, flat = planned_tasks(train, c["batch_size"], c["seed"])
@@ -148,3 +151,16 @@ def test_two_ranks_sampling_each_share_in_one_call_keep_the_groups_one_rank_keep
         for ms in (got, straight)
     ]
     assert sampling[0] == sampling[1]
+
+
+def test_a_rank_that_holds_no_rows_joins_the_update_with_a_zero_share(tiny_model_path, tmp_path, spaces_reward):
+    config = settings(tiny_model_path, tmp_path, spaces_reward, grad_accumulation=2, max_memory="8GB")
+    training = prepare(TrainConfig(**config))
+    c = training.config
+    none = empty_share(
+        EpisodeSource(training.model, training.tokenizer, training.train_tasks, c, training.reward_set)(1)
+    )
+    assert none.num_rows == 0 and none.rollout.tokens.shape[0] == 0
+    loss_and_grad = nn.value_and_grad(training.model, make_loss(c))
+    result = update(training.model, training.optimizer, loss_and_grad, none.rollout, mx.zeros((0,)), c)
+    assert (result.micro_batches, result.loss, result.grad_norm, result.skipped) == (0, 0.0, 0.0, False)
