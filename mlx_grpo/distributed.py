@@ -13,7 +13,8 @@ launched us, so every function here is the identity for a single process.
 - `broadcast` copies rank 0's arrays to every rank (the restored checkpoint), so all ranks start
   from, and stay at, identical adapters.
 - Every rank must make the same collective calls in the same order: a source that samples in rounds
-  (until enough groups carry signal) decides each round from `all_sum` of the ranks' counts.
+  (until enough groups carry signal, `dynamic.py`) decides each round from what every rank found
+  (`gather`), and a rank that holds no rows of a step still joins the update's sums, with zeros.
 
 A peer that dies closes its sockets and the collective waiting on it fails at once (ring:
 "connection to a peer was lost"): that becomes `PeerLost`, one line. A peer that hangs would block

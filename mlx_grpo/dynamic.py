@@ -18,6 +18,13 @@ ran; then the step trains on what it has (fewer than B groups when the cap ends 
   compiles the decoder once, so sizes are kept to a few values).
 - When no group is informative after the last round, the step falls back to round 0's groups (a
   plain GRPO step: zero advantages).
+- Under `mlx.launch`, each rank samples its contiguous block of every round's groups
+  (`EpisodeSource.sample_share`: a call's seed comes from its first group, so a group is sampled
+  alike on any rank) and the ranks gather which of their groups are informative. The step keeps the
+  first B informative groups in (round, group) order, as one process does: what a step keeps is a
+  function of (seed, step) and the samples, not of the number of ranks, and every rank takes the
+  same decisions (round sizes, cap, fallback) from the same figures. A rank then trains on its kept
+  groups, which may be none (its update adds zeros to the gradient sum).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from mlx_grpo import distributed
 from mlx_grpo.episodes import Episodes, EpisodeSource, step_seed, task_indices
 from mlx_grpo.errors import UserError
 from mlx_grpo.layout import PromptBatch
@@ -77,7 +85,11 @@ def round_size(missing: int, informative: int, sampled: int, batch_size: int) ->
 
 @dataclass
 class DynamicSource:
-    """`source(step) -> Episodes` of up to B informative groups, gathered over sampling rounds."""
+    """`source(step) -> Episodes` of up to B informative groups, gathered over sampling rounds.
+
+    Under `mlx.launch` it returns this rank's share of them (possibly none); every rank takes the
+    same decisions, from the whole round's figures (`distributed.gather`).
+    """
 
     plain: EpisodeSource  # samples and scores any rows of the train split
     signal: str = "correct"
@@ -87,44 +99,52 @@ class DynamicSource:
         c = self.plain.config
         batch, num_tasks = c.batch_size, len(self.plain.tasks)
         rows, seed = task_indices(step, batch, num_tasks, c.seed), step_seed(c.seed, step)
-        rounds, used = [], set()  # rounds: (episodes, indices of the groups kept from them)
-        sampled = flat = surplus = 0
+        rounds, used = [], set()  # rounds: (this rank's episodes or None, indices of its groups kept)
+        kept = sampled = flat = surplus = 0  # counts of the whole step, the same on every rank
         for round_ in range(self.max_rounds):
             if round_:
-                count = round_size(batch - _count(rounds), _count(rounds) + surplus, sampled, batch)
+                count = round_size(batch - kept, kept + surplus, sampled, batch)
                 rows, seed = round_draw(c.seed, step, round_, count, num_tasks, used)
                 if not rows:  # every train task was used by this step
                     break
-            episodes = self.plain.sample(rows, seed)
+            episodes, mine = self.plain.sample_share(rows, seed)
             used.update(rows)
-            mixed = informative_groups(signal_values(episodes, self.signal), c.num_generations)
-            take = mixed[: batch - _count(rounds)]
-            rounds.append((episodes, take))
+            mixed = self._informative(episodes, mine)
+            take = mixed[: batch - kept]  # the first informative groups in the round's order
+            rounds.append((episodes, take[(take >= mine.start) & (take < mine.stop)] - mine.start))
+            kept += len(take)
             sampled += len(rows)
             flat += len(rows) - len(mixed)
             surplus += len(mixed) - len(take)
-            if _count(rounds) == batch:
+            if kept == batch:
                 break
         stats = {"rounds": len(rounds), "prompts": sampled, "groups_flat": flat, "groups_surplus": surplus}
-        if _count(rounds) == 0:  # nothing informative: round 0 as sampled, a plain step
+        if kept == 0:  # nothing informative: round 0 as sampled, a plain step
             return _with_stats(rounds[0][0], rounds, stats, groups=0)
-        return _with_stats(_select([r for r in rounds if len(r[1])]), rounds, stats, groups=_count(rounds))
+        parts = [r for r in rounds if len(r[1])]
+        episodes = _select(parts) if parts else empty_share(rounds[0][0])  # every kept group is another rank's
+        return _with_stats(episodes, rounds, stats, groups=kept)
 
-
-def _count(rounds) -> int:
-    return sum(len(groups) for _, groups in rounds)
+    def _informative(self, episodes: Episodes | None, mine: range) -> np.ndarray:
+        """Indices `[k]` in the whole round of its informative groups, in order (every rank's)."""
+        G = self.plain.config.num_generations
+        local = [] if episodes is None else informative_groups(signal_values(episodes, self.signal), G)
+        shares = distributed.gather([mine.start + int(g) for g in local])
+        return np.array([g for share in shares for g in share], dtype=np.intp)
 
 
 def _with_stats(episodes: Episodes, rounds, stats: dict, *, groups: int) -> Episodes:
-    """Sum the rounds' times and tokens into `episodes`; record the sampling figures."""
-    seconds = {k: sum(e.seconds[k] for e, _ in rounds) for k in rounds[0][0].seconds}
-    tokens = sum(int(e.rollout.lengths.sum().item()) for e, _ in rounds)
+    """Sum this rank's rounds' times into `episodes`; record the whole step's sampling figures."""
+    sampled = [e for e, _ in rounds if e is not None]
+    seconds = {k: sum(e.seconds[k] for e in sampled) for k in sampled[0].seconds}
+    tokens = sum(int(e.rollout.lengths.sum().item()) for e in sampled)
+    shares = distributed.gather([tokens, seconds["generate"]])  # every rank's tokens; the slowest one's time
     episodes.seconds = seconds
     episodes.sampling = {
         **stats,
         "groups_kept": groups,
-        "generated_tokens": tokens,
-        "generate_s_per_kept_group": seconds["generate"] / max(groups, 1),
+        "generated_tokens": sum(t for t, _ in shares),
+        "generate_s_per_kept_group": max(s for _, s in shares) / max(groups, 1),
     }
     return episodes
 
@@ -162,3 +182,13 @@ def _select(parts: list[tuple[Episodes, np.ndarray]]) -> Episodes:
 def _pad(x: mx.array, T: int) -> mx.array:
     """Right-pad `[r, t]` with zeros to `[r, T]` (padding: token 0, mask 0, log-prob 0)."""
     return mx.pad(x, [(0, 0), (0, T - x.shape[1])])
+
+
+def empty_share(like: Episodes) -> Episodes:
+    """Zero rows in the layout of `like`: a rank's share when every kept group is another rank's."""
+    r = like.rollout
+    prompts = PromptBatch([], r.prompts.tokens[:0], r.prompts.pad[:0], 0)
+    rollout = Rollout(
+        r.tokens[:0], r.mask[:0], r.logps[:0], r.lengths[:0], r.truncated[:0], prompts, r.group_size, r.forced[:0]
+    )
+    return Episodes([], [], rollout, [], [], {k: [] for k in like.rewards}, [], like.group_size, {})

@@ -138,13 +138,13 @@ def run_episodes(
 
 def step_seed(seed: int, step: int, first_group: int = 0) -> int:
     """The sampling seed of one call at `step` whose first group is `first_group` in the global batch."""
-    return shifted_seed(seed * 1_000_003 + step, first_group)
+    return call_seed((seed * 1_000_003 + step) % (2**31), first_group)
 
 
-def shifted_seed(seed: int, groups: int) -> int:
-    """The seed of a call starting `groups` groups after one seeded `seed`: calls split anywhere along
-    a batch get the seeds `step_seed` gives their first groups."""
-    return (seed + groups * 7_919_011) % (2**31)
+def call_seed(batch_seed: int, first_group: int) -> int:
+    """The seed of one sampling call of a batch seeded `batch_seed`, from the call's first group
+    (`batch_seed` itself for the first): a group is sampled alike whichever rank samples its call."""
+    return (batch_seed + first_group * 7_919_011) % (2**31)
 
 
 def task_indices(step: int, batch_size: int, num_tasks: int, seed: int) -> list[int]:
@@ -177,15 +177,22 @@ class EpisodeSource:
     def __call__(self, step: int) -> Episodes:
         c = self.config
         rows = task_indices(step, c.batch_size, len(self.tasks), c.seed)
-        mine = distributed.shard(len(rows))  # positions of this rank's groups in the global batch
-        return self.sample([rows[g] for g in mine], step_seed(c.seed, step, mine.start))
+        return self.sample_share(rows, step_seed(c.seed, step))[0]  # every rank holds whole groups
+
+    def sample_share(self, rows: list[int], batch_seed: int) -> tuple[Episodes | None, range]:
+        """This rank's block of the batch of train tasks `rows` (its positions in the batch too),
+        sampled in calls seeded by `call_seed` from their first group; None for an empty block."""
+        mine = distributed.shard(len(rows))
+        if not mine:
+            return None, mine
+        return self.sample([rows[g] for g in mine], call_seed(batch_seed, mine.start)), mine
 
     def sample(self, rows: list[int], seed: int) -> Episodes:
         """The episodes of the train tasks at `rows`, sampled with `seed` in calls of at most
-        `groups_per_call` groups (the call starting at group i seeded `shifted_seed(seed, i)`)."""
+        `groups_per_call` groups (the call starting at group i seeded `call_seed(seed, i)`)."""
         size = self.groups_per_call or len(rows)
         starts = range(0, len(rows), size)
-        return join_episodes([self._sample_call(rows[i : i + size], shifted_seed(seed, i)) for i in starts])
+        return join_episodes([self._sample_call(rows[i : i + size], call_seed(seed, i)) for i in starts])
 
     def _sample_call(self, rows: list[int], seed: int) -> Episodes:
         c = self.config

@@ -149,13 +149,17 @@ def _aggregate(per_token, mask, loss_type, max_completion_length, normalizer):
     raise ValueError(f"unknown loss_type {loss_type!r}")
 
 
-def batch_normalizer(mask: mx.array, loss_type: str, max_completion_length: int | None = None):
+def batch_normalizer(mask: mx.array, loss_type: str, max_completion_length: int | None = None, total=None):
     """The denominator `policy_loss` uses for the whole batch `mask [R, T]`, to pass to each of its
-    micro-batches so that their gradients add up to the full-batch gradient exactly."""
+    micro-batches so that their gradients add up to the full-batch gradient exactly.
+
+    `total` (e.g. a sum over data-parallel ranks, each holding some rows of the batch) is applied to
+    the row or token count before the floor of one token: a share may hold no rows, or no active token."""
+    total = total or (lambda count: count)
     if loss_type == "grpo":
-        return mask.shape[0]
+        return total(mask.shape[0])
     if loss_type in ("bnpo", "dapo"):
-        return mx.maximum(mask.astype(mx.float32).sum(), 1)
+        return mx.maximum(total(mask.astype(mx.float32).sum()), 1)
     if loss_type == "dr_grpo":
-        return mask.shape[0] * max_completion_length
+        return total(mask.shape[0]) * max_completion_length
     raise ValueError(f"unknown loss_type {loss_type!r}")

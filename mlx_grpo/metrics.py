@@ -39,7 +39,7 @@ def join_rows(parts: list[dict]) -> dict[str, list]:
     """`row_values` of consecutive shares of one batch (rank order), as one batch's."""
     joined = {k: [x for p in parts for x in p[k]] for k in parts[0] if k not in ("rewards", "sampling")}
     joined["rewards"] = {k: [x for p in parts for x in p["rewards"][k]] for k in parts[0]["rewards"]}
-    joined["sampling"] = parts[0]["sampling"] if len(parts) == 1 else {}  # one rank only (trainer._check_world)
+    joined["sampling"] = parts[0]["sampling"]  # the whole step's figures, the same on every rank (dynamic.py)
     return joined
 
 

@@ -24,7 +24,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -199,7 +199,8 @@ def train_step(training: Training, source, loss_and_grad, step: int, stop=None) 
     """Sample, score and learn from one batch; returns (metrics line, this rank's episodes and
     advantages [R]). With `stop`, a Ctrl-C on any rank stops every rank after this step."""
     c = training.config
-    mx.random.seed(step_seed(c.seed, step))  # dropout and anything else drawing from the global key
+    # dropout and anything else drawing from the global key; each rank its own masks
+    mx.random.seed(step_seed(c.seed, step, distributed.shard(c.batch_size).start))
     t0 = time.perf_counter()
     episodes = source(step)
     shares = distributed.gather({"rows": row_values(episodes), "stop": bool(stop and stop.requested)})
@@ -214,8 +215,8 @@ def train_step(training: Training, source, loss_and_grad, step: int, stop=None) 
         stop.requested = stop.requested or any(s["stop"] for s in shares)
     lr = float(training.optimizer.learning_rate.item())  # set by the update to the rate it used
     times = {**episodes.seconds, "update": t2 - t1, "step": t2 - t0}
-    memory = peak_memory()
-    times, memory = _slowest(times, memory)
+    times, memory, most = _slowest(times, peak_memory(), {"micro_batches": result.micro_batches})
+    result = replace(result, **most)  # a rank may hold fewer rows (dynamic sampling), even none
     metrics = step_metrics(step, rows, c.num_generations, result, times, lr=lr, memory=memory)
     return metrics, episodes, advantages.tolist()
 
@@ -341,11 +342,9 @@ def _restore(training: Training) -> int:
 
 
 def _check_world(config: TrainConfig) -> None:
-    """Data parallel: every rank takes the same number of whole groups, enough to split into micro-batches."""
+    """Data parallel: every rank takes the same number of whole groups of a plain step, enough to split
+    into micro-batches (dynamic sampling's kept groups may then fall unevenly: `update` takes any count)."""
     world = distributed.world_size()
-    if config.dynamic_sampling and world > 1:
-        # its rounds would have to be agreed across ranks (an all_sum of kept groups each round)
-        raise UserError("--dynamic-sampling runs in one process only for now; drop it or run without mlx.launch")
     if config.batch_size % world:
         raise UserError(f"batch_size {config.batch_size} must be a multiple of the {world} ranks (whole groups each)")
     if config.batch_size // world * config.num_generations % (config.grad_accumulation or 1):

@@ -73,7 +73,9 @@ class UpdateResult:
 
 
 def micro_batches(rollout: Rollout, advantages: mx.array, count: int) -> list[MicroBatch]:
-    """Split the R rows into `count` micro-batches of consecutive rows (`count` divides R)."""
+    """Split the R rows into `count` micro-batches of consecutive rows (`count` <= R; 0 when R is 0)."""
+    if count == 0:  # a data-parallel rank that holds no rows of this step
+        return []
     out = []
     for rows in np.array_split(np.arange(rollout.tokens.shape[0]), count):
         groups, prompt_index = np.unique(rows // rollout.group_size, return_inverse=True)
@@ -159,11 +161,12 @@ def update(model, optimizer, loss_and_grad, rollout: Rollout, advantages: mx.arr
     """
     if config.mask_truncated_completions:
         rollout = replace(rollout, mask=rollout.mask * ~rollout.truncated[:, None])  # [R, T]
-    R, T = rollout.tokens.shape  # a dynamic-sampling step may hold fewer rows than B*G
-    count = micro_batch_count(model, R, rollout.prompts.tokens.shape[1] + T, config)
+    R, T = rollout.tokens.shape  # a dynamic-sampling step may hold fewer rows than B*G (a rank: none)
+    count = micro_batch_count(model, R, rollout.prompts.tokens.shape[1] + T, config) if R else 0
     batches = with_fixed_logprobs(model, micro_batches(rollout, advantages, count), config)
-    # data parallel: the whole batch's denominator (every rank has rows, each row at least one token)
-    normalizer = distributed.all_sum(batch_normalizer(rollout.mask, config.loss_type, config.max_completion_length))
+    # data parallel: the whole batch's denominator, from every rank's rows and tokens
+    L = config.max_completion_length
+    normalizer = batch_normalizer(rollout.mask, config.loss_type, L, total=distributed.all_sum)
     results = [
         _step(model, optimizer, loss_and_grad, batches, normalizer, config.max_grad_norm)
         for _ in range(config.num_iterations)
@@ -176,7 +179,8 @@ _TOKEN_METRICS = ("kl", "clip_frac_low", "clip_frac_high", "ratio")
 
 
 def _step(model, optimizer, loss_and_grad, batches: list[MicroBatch], normalizer, max_grad_norm: float) -> UpdateResult:
-    """One optimizer step: gradients summed over the micro-batches, clipped, applied if finite."""
+    """One optimizer step: gradients summed over the micro-batches, clipped, applied if finite.
+    With no micro-batch (a rank that holds no rows of the batch) its share is zeros."""
     grads, loss, token_sums = None, mx.array(0.0), {k: mx.array(0.0) for k in _TOKEN_METRICS}
     for batch in batches:
         (mb_loss, mb_metrics), mb_grads = loss_and_grad(model, batch, normalizer)
@@ -185,7 +189,9 @@ def _step(model, optimizer, loss_and_grad, batches: list[MicroBatch], normalizer
         tokens = batch.mask.sum()  # the metrics are means over this micro-batch's active tokens
         token_sums = {k: token_sums[k] + mb_metrics[k] * tokens for k in _TOKEN_METRICS}
         mx.eval(grads, loss, token_sums)  # frees this micro-batch's graph before the next is built
-    tokens = mx.array(sum(b.num_tokens for b in batches))
+    if grads is None:
+        grads = tree_map(mx.zeros_like, model.trainable_parameters())
+    tokens = mx.array(sum((b.num_tokens for b in batches), 0.0))  # float32 on every rank, as all_sum needs
     # data parallel: this rank's rows are a share of the batch, normalised by the whole batch's denominator
     grads = distributed.sum_gradients(grads)
     loss, token_sums, tokens = distributed.all_sum((loss, token_sums, tokens))

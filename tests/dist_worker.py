@@ -2,21 +2,54 @@
 
 tests/test_distributed.py starts it once (a 1-rank run) or twice with MLX_RANK / MLX_HOSTFILE set
 (the ring backend on localhost, as `mlx.launch` does). It trains with the real loop and the real
-EpisodeSource, sampling in calls of `groups_per_call` groups, then saves this rank's adapters.
+EpisodeSource (inside the real DynamicSource with `dynamic_sampling`), sampling in calls of
+`groups_per_call` groups, then saves this rank's adapters. With "record" it also writes what this
+rank saw each step: the rows it trained on and the global RNG key of each LoRA dropout draw, in order.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections import defaultdict
 
 import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten
 
 from mlx_grpo import distributed, trainer
 from mlx_grpo.config import TrainConfig
+from mlx_grpo.dynamic import DynamicSource
 from mlx_grpo.episodes import EpisodeSource
 from mlx_grpo.errors import UserError
+
+
+class Recorder:
+    """Wraps the episode source and the LoRA layers' dropout: per step, the rows and the keys."""
+
+    def __init__(self, source, model):
+        self.source, self.step = source, None
+        self.rows, self.keys = {}, defaultdict(list)
+        _KeyedDropout.recorder = self
+        for _, module in model.named_modules():
+            if hasattr(module, "lora_a"):  # the same module (and parameter tree), one more line
+                module.dropout.__class__ = _KeyedDropout
+
+    def __call__(self, step: int):
+        self.step = step
+        episodes = self.source(step)
+        self.rows[step] = episodes.num_rows
+        return episodes
+
+
+class _KeyedDropout(nn.Dropout):
+    recorder = None  # a class attribute: a module's own attributes join its parameter tree
+
+    def __call__(self, x):
+        if self.training and self._p_1 < 1:  # the key the draw is about to split: it fixes the mask
+            self.recorder.keys[self.recorder.step].append(np.array(mx.random.state[0]).tolist())
+        return super().__call__(x)
 
 
 def main(settings: dict) -> None:
@@ -30,9 +63,16 @@ def main(settings: dict) -> None:
         training.reward_set,
         groups_per_call=settings.get("groups_per_call"),
     )
+    if config.dynamic_sampling:
+        source = DynamicSource(source, config.dynamic_sampling_signal, config.max_sampling_rounds)
+    if settings.get("record"):
+        source = Recorder(source, training.model)
     trainer.run(training, source=source, progress=False)
     adapters = dict(tree_flatten(training.model.trainable_parameters()))
     mx.save_safetensors(settings["adapters"].format(rank=distributed.rank()), adapters)
+    if settings.get("record"):
+        with open(settings["record"].format(rank=distributed.rank()), "w") as f:
+            json.dump({"rows": source.rows, "keys": source.keys}, f)
 
 
 if __name__ == "__main__":

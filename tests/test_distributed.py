@@ -1,13 +1,13 @@
 """Data-parallel training on the ring backend: two processes on localhost against one.
 
 Each test starts real ranks (`tests/dist_worker.py` or the CLI) with MLX_RANK / MLX_HOSTFILE, as
-`mlx.launch --backend ring` does, and compares what they write with a single process's run.
+`mlx.launch --backend ring` does (`tests/ring.py`), and compares what they write with a single
+process's run. Dynamic sampling over ranks: tests/test_distributed_dynamic.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,108 +18,22 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+from ring import (
+    ROOT,
+    TIMINGS,
+    assert_same_adapters,
+    assert_same_metrics,
+    initial_adapters,
+    load,
+    read_jsonl,
+    ring_env,
+    run_worker,
+    settings,
+    start,
+)
 
 from mlx_grpo.distributed import shard
-from mlx_grpo.episodes import task_indices
-
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "dist_worker.py"
-TIMINGS = ("time/", "tokens_per_s", "peak_memory_gb")
-UPDATE_FIGURES = ("loss", "kl", "clip_frac/low", "clip_frac/high", "ratio/mean", "grad_norm")
-
-
-def settings(model_path, out, reward, **overrides) -> dict:
-    config = dict(
-        model=str(model_path),
-        dataset="generate",
-        rewards=["format", "equation", reward],
-        num_samples=40,
-        test_size=0.2,
-        batch_size=4,
-        num_generations=4,
-        max_completion_length=12,
-        temperature=1.0,  # full-distribution sampling (the defaults are Qwen3's top-k/top-p)
-        top_p=1.0,
-        top_k=0,
-        max_steps=3,
-        learning_rate=1e-3,  # small steps: rounding that Adam amplifies must not flip a sampled token
-        output_dir=str(out),
-        eval_every=2,
-        eval_samples=6,
-        save_every=2,
-        log_completions_every=1,
-        seed=3,
-    )
-    config.update(overrides)
-    return config
-
-
-def ring_env(world: int) -> list[dict]:
-    """The environment of each rank of a localhost ring (free ports, a hostfile as mlx.launch writes)."""
-    sockets = [socket.socket() for _ in range(world)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    hosts = [[f"127.0.0.1:{s.getsockname()[1]}"] for s in sockets]
-    for s in sockets:
-        s.close()
-    hostfile = Path(os.environ.get("TMPDIR", "/tmp")) / f"mlx-grpo-ring-{os.getpid()}-{hosts[0][0][10:]}.json"
-    hostfile.write_text(json.dumps(hosts))
-    return [{**os.environ, "MLX_RANK": str(r), "MLX_HOSTFILE": str(hostfile)} for r in range(world)]
-
-
-def start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-
-
-def run_worker(config: dict, adapters: Path, *, world: int = 1, **extra) -> list[str]:
-    """Train with `world` ranks until the end; return each rank's stderr."""
-    args = [sys.executable, str(WORKER), json.dumps({"config": config, "adapters": str(adapters), **extra})]
-    if world == 1:
-        procs = [start(args, {k: v for k, v in os.environ.items() if not k.startswith("MLX_")})]
-    else:
-        procs = [start(args, env) for env in ring_env(world)]
-    outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outputs):
-        assert p.returncode == 0, err
-    return [err for _, err in outputs]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def load(path) -> dict:
-    return {k: np.array(v) for k, v in mx.load(str(path)).items()}
-
-
-def assert_same_adapters(got: dict, want: dict, start: dict) -> None:
-    """As in test_update: the distance between two runs, against how far training moved them."""
-    flat = [np.concatenate([w[n].ravel() for n in sorted(w)]) for w in (got, want, start)]
-    assert np.linalg.norm(flat[0] - flat[1]) < 1e-3 * np.linalg.norm(flat[1] - flat[2])
-
-
-def assert_same_metrics(got: list[dict], want: list[dict], ignore: tuple = TIMINGS) -> None:
-    assert [m["step"] for m in got] == [m["step"] for m in want]
-    for g, w in zip(got, want):
-        keys = [k for k in w if not k.startswith(ignore)]
-        assert sorted(k for k in g if not k.startswith(ignore)) == sorted(keys)
-        for k in keys:
-            if k in UPDATE_FIGURES:  # sums over ranks round otherwise, and Adam amplifies it (test_update)
-                assert g[k] == pytest.approx(w[k], rel=1e-2, abs=1e-6), (g["step"], k)
-            else:  # per-row figures and eval accuracy: the same samples, counted once
-                assert g[k] == w[k], (g["step"], k)
-
-
-def initial_adapters(model_path, tmp_path, reward) -> dict:
-    """The adapters before any step (the same seed gives every run the same LoRA init)."""
-    from mlx.utils import tree_flatten
-
-    from mlx_grpo.config import TrainConfig
-    from mlx_grpo.trainer import prepare
-
-    training = prepare(TrainConfig(**settings(model_path, tmp_path / "init", reward)))
-    training.lock.release()
-    return {k: np.array(v) for k, v in tree_flatten(training.model.trainable_parameters())}
+from mlx_grpo.episodes import step_seed, task_indices
 
 
 def test_shards_are_whole_contiguous_blocks_in_rank_order():
@@ -171,6 +85,22 @@ def test_two_rank_run_resumed_on_one_rank_ends_where_a_straight_run_ends(tiny_mo
     # (the first run's last step evaluated, as every run's last step does)
     got, want = read_jsonl(moved / "metrics.jsonl"), read_jsonl(straight / "metrics.jsonl")
     assert_same_metrics(got, want, ignore=(*TIMINGS, "eval/"))
+
+
+@pytest.mark.slow
+def test_lora_dropout_draws_other_masks_on_each_rank_from_the_step_and_rank_alone(
+    tiny_model_path, tmp_path, spaces_reward
+):
+    config = settings(tiny_model_path, tmp_path / "run", spaces_reward, lora_dropout=0.1, max_steps=2, eval_every=0)
+    run_worker(config, tmp_path / "{rank}.safetensors", world=2, record=str(tmp_path / "record-{rank}.json"))
+    keys = [json.loads((tmp_path / f"record-{r}.json").read_text())["keys"] for r in (0, 1)]
+    for step in (1, 2):  # the key each dropout draw splits: equal keys would draw equal masks
+        assert len(keys[0][str(step)]) == len(keys[1][str(step)]) > 0
+        assert not {tuple(k) for k in keys[0][str(step)]} & {tuple(k) for k in keys[1][str(step)]}
+        for rank in (0, 1):  # each step starts from (seed, step, the rank's first group): a resumed step repeats it
+            first_group = shard(config["batch_size"], rank, 2).start
+            seeded = np.array(mx.random.key(step_seed(config["seed"], step, first_group))).tolist()
+            assert keys[rank][str(step)][0] == seeded
 
 
 def cli_args(model_path, out, reward, *extra) -> list[str]:

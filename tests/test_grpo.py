@@ -133,6 +133,15 @@ def test_on_policy_gradient_is_minus_advantage_weighted_score():
     np.testing.assert_allclose(grad, -adv[:, None] * mask / mask.sum(), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("loss_type", ["bnpo", "dapo"])
+def test_shares_of_a_batch_sum_their_tokens_before_the_floor_of_one(loss_type):
+    mask = mx.array([[1, 1, 0], [1, 0, 0]], dtype=mx.float32)  # [R=2, T=3]: 3 active tokens
+    for empty in (mask[:0], mx.zeros_like(mask)):  # a share with no row; one with no active token
+        # `total` stands for the sum over two ranks: this share and the one holding `mask`
+        shared = batch_normalizer(empty, loss_type, total=lambda tokens: tokens + mask.sum())
+        assert shared.item() == batch_normalizer(mask, loss_type).item() == 3  # not 4: the empty share adds 0
+
+
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo", "dr_grpo"])
 def test_micro_batches_with_batch_normalizer_sum_to_full_batch_loss(loss_type):
     logps, old, adv, mask, ref = _random_batch(4, R=8)
