@@ -21,7 +21,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_grpo.errors import UserError
-from mlx_grpo.model import load_adapter_weights, save_adapters
+from mlx_grpo.model import load_adapter_weights, save_adapters, save_safetensors
 from mlx_grpo.rundir import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CHECKPOINTS
 
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
@@ -76,7 +76,7 @@ def save_checkpoint(run_dir, step: int, model, adapter_config: dict, optimizer, 
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
         save_adapters(model, tmp, adapter_config)
-        mx.save_safetensors(str(tmp / _OPTIMIZER), dict(tree_flatten(optimizer.state)))
+        save_safetensors(tmp / _OPTIMIZER, dict(tree_flatten(optimizer.state)))
         (tmp / _STATE).write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
         _fsync_tree(tmp)
         if final.exists():  # saving a step again: replace it, old copy last

@@ -8,8 +8,11 @@ uses merged copies of the adapted weights (`adapters_merged`, bounded by MERGE_M
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,12 +215,23 @@ def adapter_weights(model: nn.Module) -> dict[str, mx.array]:
     return dict(tree_flatten(model.trainable_parameters()))
 
 
+def save_safetensors(path: Path, arrays: dict) -> None:
+    """`mx.save_safetensors`, its failure to write raised as the OSError it is (MLX raises a
+    RuntimeError without the errno), so callers that turn disk errors into one line see it."""
+    try:
+        mx.save_safetensors(str(path), arrays)
+    except RuntimeError as e:
+        full = shutil.disk_usage(path.parent).free < sum(a.nbytes for a in arrays.values())
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, f"{os.strerror(code)} ({e})", str(path)) from None
+
+
 def save_adapters(model: nn.Module, folder: str | Path, adapter_config: dict) -> None:
     """Write `adapters.safetensors` + `adapter_config.json` as mlx-lm reads them (not atomic: the
     checkpoint module writes into a temp dir and renames)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(folder / ADAPTER_WEIGHTS), adapter_weights(model))
+    save_safetensors(folder / ADAPTER_WEIGHTS, adapter_weights(model))
     (folder / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2) + "\n")
 
 

@@ -461,6 +461,26 @@ def test_a_disk_that_fills_up_or_turns_read_only_mid_run_is_one_line_exit_2_then
     assert [r["step"] for r in read_metrics(run)] == list(range(1, 9))
 
 
+def test_a_checkpoint_that_mlx_cannot_write_on_a_full_disk_is_one_line(tiny_model, small_disk):
+    """MLX reports a failed write as a RuntimeError with no errno; the checkpoint still fails with
+    one line naming the full disk, and the previous checkpoint stays."""
+    import mlx.optimizers as optim
+
+    from mlx_grpo.checkpoint import save_checkpoint
+    from mlx_grpo.model import add_lora
+
+    model, _ = tiny_model
+    adapter_config = add_lora(model, rank=4, scale=10.0)
+    optimizer = optim.AdamW(learning_rate=1e-3)
+    optimizer.init(model.trainable_parameters())
+    run = small_disk / "run"
+    save_checkpoint(run, 1, model, adapter_config, optimizer, {})
+    _fill(small_disk)
+    with pytest.raises(UserError, match="cannot write checkpoint .*No space left on device.*step-000001 is intact"):
+        save_checkpoint(run, 2, model, adapter_config, optimizer, {})
+    assert [c.name for c in list_checkpoints(run)] == ["step-000001"]
+
+
 @pytest.mark.slow  # a real subprocess
 def test_a_read_only_output_disk_is_refused_before_anything_loads(tiny_model_path, reward, small_disk, capfd):
     _remount(small_disk, "ro")
