@@ -161,6 +161,7 @@ class MemoryPlan:
     """How a run keeps each step within its budget, decided once at start for its longest rows."""
 
     checkpoint: bool  # recompute each block in the backward pass
+    micro_batches: int  # for the longest rows (each step counts again for its own length)
     groups_per_call: int | None  # most groups one sampling call decodes (None: no budget, no limit)
     eval_rows: int  # held-out tasks one evaluation call decodes (greedy: one row each)
 
@@ -186,9 +187,9 @@ def plan_memory(model: nn.Module, config, positions: int) -> MemoryPlan:
             f"one group's keys/values ({group} rows x {positions} positions) need ~{need:.1f} GiB with the weights, "
             f"over --max-memory {config.max_memory}: lower --num-generations or --max-completion-length"
         )
-    micro_batch_count(model, rows, positions, config.replace(gradient_checkpointing=checkpoint))
+    micro_batches = micro_batch_count(model, rows, positions, config.replace(gradient_checkpointing=checkpoint))
     groups_per_call = None if decodable is None else decodable // group
-    return MemoryPlan(checkpoint, groups_per_call, min(EVAL_ROWS, decodable or EVAL_ROWS))
+    return MemoryPlan(checkpoint, micro_batches, groups_per_call, min(EVAL_ROWS, decodable or EVAL_ROWS))
 
 
 def peak_memory() -> dict:

@@ -105,7 +105,6 @@ def measure_plan(rows: int, positions: int, budget: str, layers: int, prompt: in
     from mlx_grpo.config import TrainConfig
     from mlx_grpo.memory import (
         budget_bytes,
-        micro_batch_count,
         peak_memory,
         plan_memory,
         rollout_bytes,
@@ -126,8 +125,7 @@ def measure_plan(rows: int, positions: int, budget: str, layers: int, prompt: in
         max_memory=budget,
     )
     plan = plan_memory(model, config, positions)
-    config = config.replace(gradient_checkpointing=plan.checkpoint)
-    k = micro_batch_count(model, rows, positions, config)
+    config, k = config.replace(gradient_checkpointing=plan.checkpoint), plan.micro_batches
     call_rows = min(rows, (plan.groups_per_call or rows // group) * group)
     ids = [5 + i % 1000 for i in range(positions - args.decode)]
     mx.reset_peak_memory()
@@ -248,7 +246,7 @@ def fits_table(group: int, rows: int, prompt: int) -> None:
 
     from mlx_grpo.config import TrainConfig
     from mlx_grpo.errors import UserError
-    from mlx_grpo.memory import micro_batch_count, plan_memory, weight_bytes
+    from mlx_grpo.memory import plan_memory, weight_bytes
     from mlx_grpo.modelgen import qwen3_config
 
     lengths = (512, 1176, 2048)
@@ -266,9 +264,7 @@ def fits_table(group: int, rows: int, prompt: int) -> None:
                 config = config.replace(max_memory=f"{gb}GB")
                 try:
                     plan = plan_memory(model, config, n + prompt)
-                    k = micro_batch_count(
-                        model, rows, n + prompt, config.replace(gradient_checkpointing=plan.checkpoint)
-                    )
+                    k = plan.micro_batches
                     call = min(rows, plan.groups_per_call * group)
                     cells.append(
                         f"{call} rows per call, {rows // k} per micro-batch{', ckpt' if plan.checkpoint else ''}"

@@ -90,7 +90,7 @@ def test_the_plan_turns_checkpointing_on_when_needed_or_when_it_keeps_groups_who
     rows, positions = 8, 4000
     config = TrainConfig(batch_size=2, num_generations=4)
     roomy = plan_memory(model, config.replace(max_memory="none"), positions)
-    assert roomy == MemoryPlan(checkpoint=False, groups_per_call=None, eval_rows=32)
+    assert roomy == MemoryPlan(checkpoint=False, micro_batches=1, groups_per_call=None, eval_rows=32)
     assert not plan_memory(model, config.replace(max_memory=_budget(model, rows, positions, 1)), positions).checkpoint
     tight = _budget(model, rows, positions, 8, checkpoint=True)  # only the checkpointed update fits
     assert step_bytes(model, rows, positions, 8, False) > memory_bytes(tight)
@@ -133,7 +133,8 @@ def test_the_default_run_fits_the_weights_plus_4gb_at_the_qwen3_06b_shape(qwen3_
     positions = PROMPT_ALLOWANCE + config.max_completion_length
     plan = plan_memory(model, config, positions)
     rows = config.batch_size * config.num_generations
-    k = micro_batch_count(model, rows, positions, config.replace(gradient_checkpointing=plan.checkpoint))
+    k = plan.micro_batches
+    assert k == micro_batch_count(model, rows, positions, config.replace(gradient_checkpointing=plan.checkpoint))
     budget = weight_bytes(model) + 4 * GIB
     assert plan.checkpoint and step_bytes(model, rows, positions, k, True) <= budget
     decoded = weight_bytes(model) + rollout_bytes(model, plan.groups_per_call * config.num_generations, positions)
