@@ -61,6 +61,10 @@ class Episodes:
     def forced(self) -> list[bool]:  # [R] the thinking budget closed the think block
         return [v.forced_close for v in self.verdicts]
 
+    @property
+    def self_check(self) -> list[bool]:  # [R] a candidate rejected against the target, then another tried
+        return [v.self_check for v in self.verdicts]
+
     def row_task(self, row: int) -> Task:
         return self.tasks[row // self.group_size]
 

@@ -11,7 +11,6 @@ from tqdm import tqdm
 
 from mlx_grpo import distributed
 from mlx_grpo.budget import ThinkingBudget
-from mlx_grpo.countdown.selfcheck import is_self_check
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.episodes import run_episodes
 from mlx_grpo.sampling import SamplingOptions
@@ -98,7 +97,7 @@ def _score_chunk(model, tokenizer, chunk: list[Task], options, pass_k: int, seed
         "correct": sum(v.correct for v in verdicts),
         "well_formed": sum(v.well_formed for v in verdicts),
         "equations": sum(v.is_equation for v in verdicts),
-        "self_checks": sum(is_self_check(c, t.target) for c, t in zip(greedy.completions, chunk)),
+        "self_checks": sum(v.self_check for v in verdicts),
         "length": int(greedy.rollout.lengths.sum().item()),
         "forced": sum(greedy.forced),
         "solved": solved,

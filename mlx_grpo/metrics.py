@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlx_grpo.countdown.selfcheck import is_self_check
 from mlx_grpo.episodes import Episodes
 from mlx_grpo.update import UpdateResult
 
@@ -27,7 +26,7 @@ def row_values(episodes: Episodes) -> dict[str, list]:
         "rewards": {k: list(v) for k, v in episodes.rewards.items()},
         "correct": episodes.correct,
         "well_formed": episodes.well_formed,
-        "self_check": [is_self_check(c, episodes.row_task(i).target) for i, c in enumerate(episodes.completions)],
+        "self_check": episodes.self_check,
         "lengths": episodes.rollout.lengths.tolist(),
         "truncated": episodes.rollout.truncated.tolist(),
         "forced": episodes.forced,

@@ -79,7 +79,9 @@ def test_search_traces_are_what_the_definition_counts():
         text = search_trace(task, rng, misses)
         assert selfcheck.self_checks(text, task.target) == misses  # every generated task has wrong candidates
         assert all(step.correct for step in selfcheck.steps(text))
-        assert judge(text, task.target, task.nums).correct and judge(text, task.target, task.nums).well_formed
+        verdict = judge(text, task.target, task.nums)
+        assert verdict.correct and verdict.well_formed
+        assert verdict.self_check == (misses > 0)  # judged once, with the rest of the verdict
     assert search_trace(Task(98, (44, 19, 35)), rng, 0) == worked_solution([44, 19, 35], 98)
 
 

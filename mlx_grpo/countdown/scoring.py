@@ -26,6 +26,8 @@ so each completion is parsed once per step, and "accuracy" means one thing every
   of the task's numbers exactly once (`countdown.expr`; a trailing `= N` must be true). Text after
   `</answer>` does not matter here: the format check already punishes it, and keeping the two
   independent keeps accuracy a measure of arithmetic alone.
+- self-check: the thought rejects a stated candidate against the target and then tries another
+  (`countdown.selfcheck`, the measure of the "aha" behaviour; it rewards nothing).
 - correct: that value is the target. In a forced row the answer block is the one the model wrote
   after the stop text (which holds no `<answer>`): its own text, conditioned on the stop text as on
   a prompt, so a forced row scores format 0 but can still be correct.
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from mlx_grpo.countdown.expr import as_int, equation_value, extract_equation
+from mlx_grpo.countdown.selfcheck import is_self_check
 from mlx_grpo.countdown.tasks import Task
 
 MAX_COMPLETION_CHARS = 1_000_000  # far beyond any generation budget; bounds the time per input
@@ -55,6 +58,7 @@ class Verdict:
     value: Fraction | None  # the answer's exact value when it is an equation over the task's numbers
     correct: bool  # value == target
     forced_close: bool = False  # the sampler's thinking budget closed the think block (never well formed)
+    self_check: bool = False  # the thought rejects a candidate against the target, then tries another
 
     @property
     def is_equation(self) -> bool:
@@ -75,7 +79,8 @@ def judge(completion: str, target, nums: Sequence, assistant_prefix: str = "", f
     answer = extract_equation(completion) if readable else None
     value = None if answer is None else equation_value(answer, nums)
     well_formed = not forced_close and is_well_formed(completion, assistant_prefix)
-    return Verdict(well_formed, answer, value, value == target, forced_close)
+    self_check = readable and is_self_check(completion, target)
+    return Verdict(well_formed, answer, value, value == target, forced_close, self_check)
 
 
 def judge_all(
