@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlx_grpo.countdown.generator import generate_tasks
-from mlx_grpo.countdown.selfcheck import is_self_check
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.errors import UserError
 
@@ -117,7 +116,7 @@ def score(model_path: str, sets: dict[str, list[Task]], config, *, adapter_path=
             progress=progress,
             samples=samples,
         )
-        corrected = (s for s in samples if s["correct"] and is_self_check(s["completion"], s["target"]))
+        corrected = (s for s in samples if s["correct"] and s["self_check"])
         scores[name]["first_self_correction"] = next(corrected, None)
     return scores
 

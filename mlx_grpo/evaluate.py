@@ -83,7 +83,13 @@ def _score_chunk(model, tokenizer, chunk: list[Task], options, pass_k: int, seed
     greedy = run_episodes(model, tokenizer, chunk, group_size=1, sampling=greedy_options, seed=seed, **common)
     if samples is not None:
         samples.extend(
-            {"target": t.target, "nums": list(t.nums), "completion": c, "correct": v.correct}
+            {
+                "target": t.target,
+                "nums": list(t.nums),
+                "completion": c,
+                "correct": v.correct,
+                "self_check": v.self_check,
+            }
             for t, c, v in zip(chunk, greedy.completions, greedy.verdicts)
         )
     solved = 0
