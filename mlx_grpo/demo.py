@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlx_grpo.countdown import notation
 from mlx_grpo.countdown.generator import generate_tasks
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.errors import UserError
@@ -182,10 +183,13 @@ def format_results(result: dict) -> str:
         lines += [f"{name} [{before['num_tasks']}]", *figures]
         corrected = after.get("first_self_correction")
         if corrected:
-            quoted = "\n".join("    " + line for line in corrected["completion"].splitlines())
+            text, readable = corrected["completion"], notation.readable(corrected["completion"])
+            quoted = "\n".join("    " + line for line in text.splitlines())
             lines.append(
                 f"  first self-correction (target {corrected['target']}, numbers {corrected['nums']}):\n{quoted}"
             )
+            if readable != text:
+                lines.append("  read the usual way:\n" + "\n".join("    " + line for line in readable.splitlines()))
     lines.append(f"plot: {result['plot']}   time: {result['wall_s'] / 60:.1f} min")
     return "\n".join(lines)
 

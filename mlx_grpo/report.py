@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from mlx_grpo import plots
+from mlx_grpo.countdown import notation
 from mlx_grpo.countdown.selfcheck import REJECTION_LINE, is_self_check
 from mlx_grpo.errors import UserError
 from mlx_grpo.plots import Series
@@ -237,10 +238,18 @@ def _card(label: str, row: dict, pattern: re.Pattern) -> str:
         "equation " + (f"<code>{_esc(str(equation))}</code>" if equation else "none parsed"),
     ]
     verdict = "ok" if is_correct(row) else "bad"
+    completion = str(row.get("completion", ""))
+    readable = notation.readable(completion)
+    translation = (
+        f"<p class=muted>the thought writes digits backwards (countdown.notation); read the usual way:</p>"
+        f"<pre class=completion>{_highlight(readable, pattern)}</pre>"
+        if readable != completion
+        else ""
+    )
     return (
         f'<article class="card {verdict}"><h3>{_esc(label)}</h3><p>{" &middot; ".join(facts)}</p>\n'
         f"<details><summary>prompt</summary><pre>{_esc(str(row.get('prompt', '')))}</pre></details>\n"
-        f"<pre class=completion>{_highlight(str(row.get('completion', '')), pattern)}</pre></article>"
+        f"<pre class=completion>{_highlight(completion, pattern)}</pre>{translation}</article>"
     )
 
 

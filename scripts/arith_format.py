@@ -10,7 +10,13 @@ the result on held-out lines. Formats of the result:
 
 - plain: "44 + 19 = 63", as the traces write it;
 - reversed: the result's digits least significant first ("44 + 19 = 36"), the order in which
-  addition, subtraction and multiplication produce them (a carry is known before the next digit).
+  addition, subtraction and multiplication produce them (a carry is known before the next digit);
+- padded: every number zero-padded to three digits ("044 + 019 = 063"): each digit at a fixed
+  distance from the one it is added to;
+- notation: both, every number backwards and padded ("440 + 910 = 360", `countdown.notation`,
+  the bundled model's thoughts); lines with a number above 999 are left out of the two padded formats.
+
+`--oversample K` adds K more copies of every `*` and `/` line to the training lines.
 
 Results are in scripts/README.md (section 6).
 """
@@ -28,31 +34,43 @@ import mlx.optimizers as optim
 import numpy as np
 
 from mlx_grpo import modelgen
+from mlx_grpo.countdown import notation
 from mlx_grpo.countdown.generator import generate_tasks
-from mlx_grpo.countdown.solver import solve
-from mlx_grpo.countdown.traces import wrong_candidate
+from mlx_grpo.countdown.traces import solution_candidate, wrong_candidate
 
+WARMUP = 50
 SHAPE = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=384, num_attention_heads=4, num_key_value_heads=2)
 
 
-def step_lines(num_tasks: int, seed: int) -> list[tuple[str, str]]:
-    """(left side "44 + 19 = ", result "63") of every integer step of solutions and wrong candidates."""
+def step_lines(num_tasks: int, seed: int, exclude=frozenset()) -> list[tuple[int, str, int, int]]:
+    """(a, op, b, a op b) of every step of the integer solutions and of one wrong candidate per task,
+    for generated tasks not in `exclude`."""
     rng, lines = random.Random(seed), []
-    for task in generate_tasks(num_tasks, seed):
-        steps = solve(task.nums, task.target).steps + (wrong_candidate(task.nums, task.target, rng) or [])
-        for step in steps:
-            left, result = step.rsplit("= ", 1)
-            if "/" not in result and "(" not in step:  # integer steps only, as the search traces write
-                lines.append((left + "= ", result))
+    for task in (t for t in generate_tasks(num_tasks, seed) if t not in exclude):
+        for candidate in (solution_candidate(task), wrong_candidate(task.nums, task.target, rng)):
+            lines += list(candidate.steps) if candidate else []
     return lines
 
 
-def encode(tokenizer, lines, fmt: str) -> tuple[mx.array, mx.array]:
+FORMATS = {  # (left side "44 + 19 = ", result "63") of a step line, by format
+    "plain": lambda a, op, b, v: (f"{a} {op} {b} = ", str(v)),
+    "reversed": lambda a, op, b, v: (f"{a} {op} {b} = ", str(v)[::-1]),
+    "padded": lambda a, op, b, v: (f"{a:03d} {op} {b:03d} = ", f"{v:03d}"),
+    "notation": lambda a, op, b, v: (f"{notation.write(a)} {op} {notation.write(b)} = ", notation.write(v)),
+}
+
+
+def written(lines, fmt: str) -> list[tuple[str, str]]:
+    """The lines as `fmt` writes them (the padded formats leave out lines with a number above 999)."""
+    keep = (line for line in lines if fmt in ("plain", "reversed") or notation.fits(line[0], line[2], line[3]))
+    return [FORMATS[fmt](*line) for line in keep]
+
+
+def encode(tokenizer, lines: list[tuple[str, str]]) -> tuple[mx.array, mx.array]:
     """Ids `[N, L]` (left side, result, newline; right-padded) and a mask `[N, L-1]` on the result and newline."""
     rows = []
     for left, result in lines:
-        written = result[::-1] if fmt == "reversed" else result
-        prompt, target = tokenizer.encode(left), tokenizer.encode(written + "\n")
+        prompt, target = tokenizer.encode(left), tokenizer.encode(result + "\n")
         rows.append((prompt + target, len(prompt)))
     width = max(len(r) for r, _ in rows)
     ids = np.zeros((len(rows), width), dtype=np.int32)
@@ -77,33 +95,43 @@ def exact_match(model, ids, mask, ops: list[str]) -> dict[str, float]:
     return {"exact": float(right.mean())} | {f"exact {op}": float(right[ops == op].mean()) for op in "+-*/"}
 
 
-def run(fmt: str, tokenizer, train, test, args) -> None:
-    config = modelgen.qwen3_config(vocab_size=len(tokenizer.get_vocab()), **SHAPE)
-    model = modelgen.init_qwen3(config, seed=args.seed)
-    optimizer = optim.AdamW(learning_rate=args.lr, weight_decay=0.0)
+def train_lines(model, tokenizer, train, test, *, steps, batch_size, lr, seed, eval_every, fmt="notation", log=print):
+    """AdamW (linear warmup over WARMUP steps, then `lr`) on `train` step lines written in `fmt`,
+    `batch_size` lines a step; logs exact match on `test` every `eval_every` steps and returns the last."""
+    schedule = optim.join_schedules([optim.linear_schedule(lr / WARMUP, lr, WARMUP), lambda _: mx.array(lr)], [WARMUP])
+    optimizer = optim.AdamW(learning_rate=schedule, weight_decay=0.0)
     loss_and_grad = nn.value_and_grad(model, loss_fn)
-    test_ids, test_mask = encode(tokenizer, test, fmt)
+    train, test = written(train, fmt), written(test, fmt)
+    test_ids, test_mask = encode(tokenizer, test)
     ops = [left.split()[1] for left, _ in test]
-    rng, start = random.Random(args.seed), time.process_time()
-    for step in range(1, args.steps + 1):
-        ids, mask = encode(tokenizer, rng.sample(train, args.batch_size), fmt)
+    rng, start, line = random.Random(seed), time.process_time(), {}
+    for step in range(1, steps + 1):
+        ids, mask = encode(tokenizer, rng.sample(train, batch_size))
         loss, grads = loss_and_grad(model, ids, mask)
         optimizer.update(model, optim.clip_grad_norm(grads, 1.0)[0])
         mx.eval(loss, model.parameters(), optimizer.state)
-        if step % args.eval_every == 0:
+        if step % eval_every == 0 or step == steps:
             line = {"format": fmt, "step": step, "loss": round(loss.item(), 4)}
             line |= exact_match(model, test_ids, test_mask, ops) | {"cpu_s": round(time.process_time() - start)}
-            print(json.dumps(line), flush=True)
+            log(json.dumps(line))
+    return line
+
+
+def oversampled(lines, copies: int):
+    """`lines` with `copies` more copies of every `*` and `/` line (they are rarer and harder)."""
+    return lines + [line for line in lines if line[1] in "*/" for _ in range(copies)]
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--formats", default="plain,reversed")
+    parser.add_argument("--formats", default="plain,notation", help=f"of {', '.join(FORMATS)}")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--embed-std", type=float, default=None, help="std of the embedding at init (default 0.02)")
+    parser.add_argument("--oversample", type=int, default=0, help="extra copies of each * and / training line")
     args = parser.parse_args(argv)
 
     import mlx_lm
@@ -111,9 +139,14 @@ def main(argv=None) -> None:
     from mlx_grpo.demo import BUNDLED_MODEL
 
     _, tokenizer = mlx_lm.load(str(BUNDLED_MODEL))
-    train, test = step_lines(4000, 2_000_000 + args.seed), step_lines(300, 3_000_000)
+    train, test = oversampled(step_lines(4000, 2_000_000 + args.seed), args.oversample), step_lines(300, 3_000_000)
+    settings = dict(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, eval_every=args.eval_every
+    )
     for fmt in args.formats.split(","):
-        run(fmt, tokenizer, train, test, args)
+        config = modelgen.qwen3_config(vocab_size=len(tokenizer.get_vocab()), **SHAPE)
+        model = modelgen.init_qwen3(config, seed=args.seed, embed_std=args.embed_std)
+        train_lines(model, tokenizer, train, test, fmt=fmt, **settings, log=lambda text: print(text, flush=True))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from mlx_grpo.countdown.traces import search_trace
 
 SFT_SEED_BASE = 1_000_000  # generator seeds of the recipe's tasks: SFT_SEED_BASE + i
 TOKENIZER_TASKS = 2_000
+ARITH_TASKS = 20_000  # tasks whose step lines (~100k) stage 0 trains on
 # Share of warm-start completions that answer with the bare result ("<answer> 98 </answer>"), as base
 # models often do with this prompt. The equation reward pays nothing for them, the format reward the
 # same as for an equation: the habit GRPO has to unlearn, on top of solving more tasks.
@@ -69,6 +70,8 @@ class TraceMix:
     bare: float = BARE_ANSWER  # answer with the bare target instead of the equation
     search: float = 0.0  # a search trace (`traces.search_trace`) instead of the worked solution
     max_misses: int = 2  # a search trace rejects 1..max_misses wrong candidates
+    give_up: float = 0.0  # one wrong candidate, answered unchecked (a direct answer that misses)
+    reversed_digits: bool = False  # the thought in `countdown.notation` ("440 + 910 = 360")
 
 
 def tokenizer_corpus(num_tasks: int, seed: int, mix: TraceMix) -> list[str]:
@@ -79,7 +82,12 @@ def tokenizer_corpus(num_tasks: int, seed: int, mix: TraceMix) -> list[str]:
     for task in generate_tasks(num_tasks, SFT_SEED_BASE - 1 - seed):
         numbers = "[" + ", ".join(str(n) for n in task.nums) + "]"
         user = USER_TEMPLATE.format(numbers=numbers, target=task.target)
-        for text in ("system\n" + SYSTEM_PROMPT, "user\n" + user, "assistant\n", warm_start_completion(task, rng, mix)):
+        for text in (
+            "system\n" + SYSTEM_PROMPT,
+            "user\n" + user,
+            "assistant\n",
+            warm_start_completion(task, rng, mix) or "",
+        ):
             texts += [piece for piece in special.split(text) if piece]
     return texts
 
@@ -111,7 +119,9 @@ def train_phrase_tokenizer(corpus: list[str], vocab_size: int):
     return tokenizer
 
 
-def build_untrained(out: Path, seed: int, shape: dict, rope_theta: float, vocab_size: int, mix: TraceMix) -> None:
+def build_untrained(
+    out: Path, seed: int, shape: dict, rope_theta: float, vocab_size: int, mix: TraceMix, embed_std: float | None
+) -> None:
     """Tokenizer + random-weight Qwen3 written to `out`."""
     tokenizer = train_phrase_tokenizer(tokenizer_corpus(TOKENIZER_TASKS, seed, mix), vocab_size)
     modelgen.save_tokenizer(tokenizer, out)
@@ -122,19 +132,28 @@ def build_untrained(out: Path, seed: int, shape: dict, rope_theta: float, vocab_
         **shape,
     )
     config["rope_theta"] = rope_theta
-    modelgen.save_model(modelgen.init_qwen3(config, seed=seed), config, out)
+    modelgen.save_model(modelgen.init_qwen3(config, seed=seed, embed_std=embed_std), config, out)
 
 
-def warm_start_completion(task: Task, rng: random.Random, mix: TraceMix = TraceMix()) -> str:
-    """The solver's worked solution, or with probability `mix.search` a search trace; then, with
-    probability `mix.bare`, its answer replaced by the bare target.
+def warm_start_completion(task: Task, rng: random.Random, mix: TraceMix = TraceMix()) -> str | None:
+    """The solver's worked solution, or with probability `mix.search` a search trace, or with
+    probability `mix.give_up` a wrong candidate answered unchecked; then, with probability
+    `mix.bare`, its answer replaced by the bare target. None when the thought cannot be written
+    in the notation asked for (a number above 999).
 
     Example (bare): "<think>\n44 + 19 = 63\n63 + 35 = 98\n</think>\n<answer> 98 </answer>"
     """
-    if mix.search and rng.random() < mix.search:
-        text = search_trace(task, rng, misses=rng.randint(1, mix.max_misses))
+    kind = rng.random()
+    if kind < mix.search:
+        text = search_trace(task, rng, rng.randint(1, mix.max_misses), reversed_digits=mix.reversed_digits)
+    elif kind < mix.search + mix.give_up:
+        text = search_trace(task, rng, 0, give_up=True, reversed_digits=mix.reversed_digits)
+    elif mix.reversed_digits:
+        text = search_trace(task, rng, 0, reversed_digits=True)
     else:
         text = worked_solution(task.nums, task.target)
+    if text is None:
+        return None
     if rng.random() < mix.bare:
         text = text[: text.index("<answer>")] + f"<answer> {task.target} </answer>"
     return text
@@ -176,8 +195,10 @@ def example_batches(batch_size: int, seed: int, exclude: set[Task], mix: TraceMi
             t for t in generate_tasks(batch_size, SFT_SEED_BASE + rng.randrange(10**9) + index) if t not in exclude
         ]
         index += 1
-        if tasks:
-            yield [(t, warm_start_completion(t, rng, mix)) for t in tasks]
+        pairs = [(t, warm_start_completion(t, rng, mix)) for t in tasks]
+        pairs = [(t, c) for t, c in pairs if c is not None]
+        if pairs:
+            yield pairs
 
 
 def lr_schedule(lr: float, steps: int, warmup: int, cooldown: int):
@@ -274,6 +295,12 @@ def main(argv=None) -> None:
     parser.add_argument("--bare-share", type=float, default=BARE_ANSWER, help="completions answering the bare target")
     parser.add_argument("--search-share", type=float, default=0.0, help="completions that are search traces")
     parser.add_argument("--max-misses", type=int, default=2, help="wrong candidates a search trace rejects, at most")
+    parser.add_argument("--give-up-share", type=float, default=0.0, help="completions answering a wrong candidate")
+    parser.add_argument("--reversed-digits", action="store_true", help="thoughts in countdown.notation")
+    parser.add_argument("--arith-steps", type=int, default=0, help="steps on single step lines first (notation)")
+    parser.add_argument("--arith-batch-size", type=int, default=128)
+    parser.add_argument("--arith-oversample", type=int, default=4, help="extra copies of * and / lines")
+    parser.add_argument("--embed-std", type=float, default=None, help="std of the embedding at init (default 0.02)")
     parser.add_argument("--max-tokens", type=int, default=None, help="evaluation budget (default: the demo's)")
     parser.add_argument("--rope-theta", type=float, default=10_000.0)
     parser.add_argument("--eval-tasks", type=int, default=1000, help="held-out tasks scored at the end (0: none)")
@@ -302,15 +329,40 @@ def main(argv=None) -> None:
         num_attention_heads=args.heads,
         num_key_value_heads=args.kv_heads,
     )
-    mix = TraceMix(bare=args.bare_share, search=args.search_share, max_misses=args.max_misses)
+    mix = TraceMix(
+        bare=args.bare_share,
+        search=args.search_share,
+        max_misses=args.max_misses,
+        give_up=args.give_up_share,
+        reversed_digits=args.reversed_digits,
+    )
     max_tokens = args.max_tokens or MAX_TOKENS
     start = time.time()
     if args.init_from:  # a second stage: the given model's tokenizer and weights, trained on
         shutil.copytree(args.init_from, out, ignore=shutil.ignore_patterns("*.md", "*.yaml"))
     else:
-        build_untrained(out, args.seed, shape, args.rope_theta, args.vocab_size, mix)
+        build_untrained(out, args.seed, shape, args.rope_theta, args.vocab_size, mix, args.embed_std)
     model, tokenizer = mlx_lm.load(str(out))
     exclude = set(held_out_tasks(EVAL_SEED))
+    if args.arith_steps:  # stage 0: the arithmetic of one step line, ~7x cheaper per line than in a trace
+        import arith_format
+
+        arith = arith_format.oversampled(
+            arith_format.step_lines(ARITH_TASKS, SFT_SEED_BASE // 2, exclude), args.arith_oversample
+        )
+        arith_test = arith_format.step_lines(300, SFT_SEED_BASE // 2 - 1, exclude)
+        arith_log = arith_format.train_lines(
+            model,
+            tokenizer,
+            arith,
+            arith_test,
+            steps=args.arith_steps,
+            batch_size=args.arith_batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            eval_every=250,
+            log=lambda text: print(text, flush=True),
+        )
     probe = None
     if args.probe_tasks:
         probe_tasks = held_out_tasks(EVAL_SEED)[: args.probe_tasks]
@@ -339,6 +391,8 @@ def main(argv=None) -> None:
         "params": sum(v.size for _, v in tree_flatten(model.parameters())),
         "final_loss": log[-1]["loss"],
     }
+    if args.arith_steps:
+        result["arith"] = arith_log
     if args.eval_tasks:
         tasks = held_out_tasks(args.eval_seed if args.eval_seed is not None else EVAL_SEED)[: args.eval_tasks]
         result.update(held_out_accuracy(model, tokenizer, tasks, max_tokens))

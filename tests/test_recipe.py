@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import build_tiny_model as recipe  # noqa: E402
 
-from mlx_grpo.countdown import selfcheck  # noqa: E402
+from mlx_grpo.countdown import notation, selfcheck  # noqa: E402
 from mlx_grpo.countdown.generator import generate_tasks  # noqa: E402
 from mlx_grpo.countdown.solver import worked_solution  # noqa: E402
 from mlx_grpo.rewards import equation_reward_func, format_reward_func  # noqa: E402
@@ -49,6 +49,24 @@ def test_a_search_mix_writes_its_share_of_self_checking_traces_all_correct():
     checks = [selfcheck.self_checks(c, t.target) for c, t in zip(completions, TASKS)]
     assert set(checks) == {0, 1, 2}
     assert abs(sum(n > 0 for n in checks) / len(TASKS) - mix.search) < 0.03  # 4 standard errors at n = 2000
+
+
+def test_a_latent_search_mix_in_reversed_digits_writes_its_shares_of_each_kind():
+    rng = random.Random(0)
+    mix = recipe.TraceMix(bare=0.0, search=0.15, give_up=0.35, max_misses=2, reversed_digits=True)
+    pairs = [(t, recipe.warm_start_completion(t, rng, mix)) for t in TASKS]
+    pairs = [(t, c) for t, c in pairs if c is not None]
+    assert len(pairs) > 0.95 * len(TASKS)  # only thoughts with a number above 999 are left out (~2.6%)
+    assert all(notation.is_reversed(selfcheck.thought(c)) for _, c in pairs)
+    assert all(step.correct for _, c in pairs for step in selfcheck.steps(c))  # every line true, read backwards
+    tasks, completions = [t for t, _ in pairs], [c for _, c in pairs]
+    solved = equation_reward_func(completions, [t.target for t in tasks], [list(t.nums) for t in tasks])
+    assert format_reward_func(completions) == [1.0] * len(pairs)
+    checks = [selfcheck.self_checks(c, t.target) for t, c in pairs]
+    searched = sum(n > 0 for n in checks) / len(pairs)
+    gave_up = sum(r == 0.0 for r in solved) / len(pairs)
+    assert all(r == 1.0 for r, n in zip(solved, checks) if n > 0)  # a search ends on the solution
+    assert abs(searched - mix.search) < 0.035 and abs(gave_up - mix.give_up) < 0.045  # 4 standard errors
 
 
 def test_recipe_is_reproducible_from_its_seed(tmp_path):

@@ -6,9 +6,11 @@ import random
 
 import pytest
 
-from mlx_grpo.countdown import selfcheck
+from mlx_grpo.countdown import notation, selfcheck
+from mlx_grpo.countdown.expr import equation_value
 from mlx_grpo.countdown.generator import generate_tasks
 from mlx_grpo.countdown.scoring import judge
+from mlx_grpo.countdown.selfcheck import _OPS
 from mlx_grpo.countdown.solver import worked_solution
 from mlx_grpo.countdown.tasks import Task
 from mlx_grpo.countdown.traces import search_trace, wrong_candidate
@@ -85,11 +87,62 @@ def test_search_traces_are_what_the_definition_counts():
     assert search_trace(Task(98, (44, 19, 35)), rng, 0) == worked_solution([44, 19, 35], 98)
 
 
-def test_wrong_candidate_uses_every_number_and_misses_the_target():
+def test_wrong_candidates_use_every_number_miss_the_target_and_their_equation_is_their_value():
     rng = random.Random(1)
-    lines = wrong_candidate((44, 19, 35), 98, rng)
-    assert len(lines) == 2 and lines[-1].rsplit(" ", 1)[1] != "98"
+    for task in generate_tasks(200, 6):
+        candidate = wrong_candidate(task.nums, task.target, rng)
+        assert len(candidate.steps) == len(task.nums) - 1 and candidate.value != task.target
+        assert equation_value(candidate.equation, task.nums) == candidate.value  # every number once
+        assert all(_OPS[op](a, b) == v for a, op, b, v in candidate.steps)
     assert wrong_candidate((5,), 5, rng) is None  # one number: its only value is the target
+
+
+def test_a_trace_that_gives_up_answers_its_last_wrong_candidate_unchecked():
+    rng = random.Random(2)
+    for task in generate_tasks(100, 7):
+        misses = rng.randint(0, 2)
+        text = search_trace(task, rng, misses, give_up=True)
+        verdict = judge(text, task.target, task.nums)
+        assert verdict.well_formed and verdict.is_equation and not verdict.correct
+        assert selfcheck.self_checks(text, task.target) == misses  # the last candidate is not rejected
+        assert all(step.correct for step in selfcheck.steps(text))
+
+
+def test_reversed_digits_are_read_backwards_by_the_definition():
+    text = turn(
+        "digits reversed", "440 - 910 = 520", "520 + 530 = 060", "060 != 890", "440 + 910 = 360", "360 + 530 = 890"
+    )
+    assert selfcheck.self_checks(text, 98) == 1
+    assert [(s.left, s.op, s.right, s.result) for s in selfcheck.steps(text)][0] == (44, "-", 19, 25)
+    assert all(s.correct for s in selfcheck.steps(text))
+    # the same lines without the header are read the usual way: wrong steps, and no rejection of 98
+    plain = text.replace("digits reversed\n", "")
+    assert selfcheck.self_checks(plain, 98) == 0 and not all(s.correct for s in selfcheck.steps(plain))
+    assert notation.readable(text).startswith("<think>\ndigits reversed\n44 - 19 = 25\n25 + 35 = 60\n60 != 98")
+    assert notation.readable(text).endswith("</think>\n<answer> (44 + 19) + 35 </answer>")
+
+
+def test_reversed_search_traces_read_as_the_plain_ones():
+    for seed in range(3):
+        for task in generate_tasks(100, 8 + seed):
+            plain = search_trace(task, random.Random(seed), 2)
+            reversed_text = search_trace(task, random.Random(seed), 2, reversed_digits=True)
+            if reversed_text is None:  # a number above 999
+                assert any(n > 999 for s in selfcheck.steps(plain) for n in (s.left, s.right, s.result))
+                continue
+            assert notation.readable(reversed_text) == plain.replace("<think>\n", "<think>\ndigits reversed\n")
+            assert selfcheck.self_checks(reversed_text, task.target) == 2
+            assert judge(reversed_text, task.target, task.nums).correct
+
+
+@pytest.mark.parametrize("n, written", [(0, "000"), (7, "700"), (44, "440"), (630, "036"), (999, "999")])
+def test_notation_round_trip(n, written):
+    assert notation.write(n) == written and notation.read(written) == n
+
+
+def test_notation_refuses_what_does_not_fit():
+    with pytest.raises(ValueError, match="1000 does not fit"):
+        notation.write(1000)
 
 
 def test_step_metrics_report_the_self_check_rate():

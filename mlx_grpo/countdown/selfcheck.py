@@ -16,6 +16,9 @@ is none) holds, in this order:
    never computed, is not a check of this candidate);
 3. another candidate: at least one step line after the rejection.
 
+A thought written in the bundled model's notation (`countdown.notation`: a first line HEADER, then
+numbers with their digits least significant first) is read in it: "440 + 910 = 360" is 44 + 19 = 63.
+
 A line `v = T` that confirms a candidate is not a rejection, and a rejection after which the
 thought ends (the model gives up and answers) does not count: the behaviour is *try again*. The
 definition reads what the model wrote, right or wrong: `Step.correct` says whether a step's
@@ -30,6 +33,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fractions import Fraction
+
+from mlx_grpo.countdown import notation
 
 _NUM = r"\d{1,12}"
 _STEP = re.compile(rf"^\s*\(?({_NUM})\)?\s*([-+*/])\s*\(?({_NUM})\)?\s*=\s*({_NUM})\s*$")
@@ -64,10 +69,17 @@ def thought(completion: str) -> str:
     return completion if end < 0 else completion[:end]
 
 
+def _reader(text: str):
+    """How the numbers of a thought are read: backwards when it is in the bundled model's notation."""
+    return notation.read if notation.is_reversed(text) else int
+
+
 def steps(completion: str) -> list[Step]:
     """Every step line of the thought, in order."""
-    found = (_STEP.match(line) for line in thought(completion).splitlines())
-    return [Step(int(m[1]), m[2], int(m[3]), int(m[4])) for m in found if m]
+    text = thought(completion)
+    number = _reader(text)
+    found = (_STEP.match(line) for line in text.splitlines())
+    return [Step(number(m[1]), m[2], number(m[3]), number(m[4])) for m in found if m]
 
 
 def self_checks(completion: str, target: int) -> int:
@@ -75,16 +87,18 @@ def self_checks(completion: str, target: int) -> int:
 
     Returns 0 for a completion that does not self-check (see the module docstring).
     """
+    text = thought(completion)
+    number = _reader(text)
     count, last_value, pending = 0, None, False
-    for line in thought(completion).splitlines():
+    for line in text.splitlines():
         step = _STEP.match(line)
         if step:
             count += pending  # a rejected candidate followed by a new one
-            pending, last_value = False, int(step[4])
+            pending, last_value = False, number(step[4])
             continue
         rejection = REJECTION_LINE.match(line)
         if rejection and last_value is not None and not pending:
-            pending = int(rejection[1]) == last_value and int(rejection[2]) == target != last_value
+            pending = number(rejection[1]) == last_value and number(rejection[2]) == target != last_value
     return count
 
 

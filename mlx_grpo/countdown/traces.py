@@ -14,6 +14,9 @@ A search trace lays out every candidate the way the solver's worked solution lay
 (one operation per line, `a op b = v`), then rejects it on a line of its own (`v != T`, T the
 target), then tries the next; the last candidate is the solver's solution and the answer is its
 equation. `countdown.selfcheck` counts exactly this shape, so the warm start's rate of it is known.
+A trace that gives up (`give_up=True`) ends on one more wrong candidate and answers it unchecked:
+the habit GRPO has to unlearn. With `reversed_digits` the thought is written in the bundled model's
+notation (`countdown.notation`: "440 + 910 = 360" for 44 + 19 = 63); the answer never is.
 
 Wrong candidates are random left-deep expressions over all the numbers in a random order, with
 non-negative integer intermediates like the solver's, whose value is not the target.
@@ -22,29 +25,63 @@ non-negative integer intermediates like the solver's, whose value is not the tar
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
+from mlx_grpo.countdown import notation
 from mlx_grpo.countdown.solver import solve
 from mlx_grpo.countdown.tasks import Task
 
 MAX_PRODUCT = 999  # wrong candidates keep their numbers short: no product above this
 _TRIES = 20  # draws of a wrong candidate before giving up on one (tiny tasks may have none)
+_APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}
 
 
-def wrong_candidate(nums, target: int, rng: random.Random) -> list[str] | None:
-    """The step lines of a random expression over all of `nums` whose value is not `target`,
-    or None when `_TRIES` draws found none."""
+@dataclass(frozen=True)
+class Candidate:
+    """An expression over all of a task's numbers, as its steps and as its equation."""
+
+    steps: tuple[tuple[int, str, int, int], ...]  # (a, op, b, a op b) in evaluation order
+    equation: str  # "(44 + 19) + 35"
+
+    @property
+    def value(self) -> int:
+        return self.steps[-1][3]
+
+
+def wrong_candidate(nums, target: int, rng: random.Random) -> Candidate | None:
+    """A random left-deep expression over all of `nums` whose value is not `target`, or None when
+    `_TRIES` draws found none."""
     for _ in range(_TRIES):
         order = list(nums)
         rng.shuffle(order)
-        value, lines = order[0], []
+        value, equation, steps = order[0], str(order[0]), []
         for x in order[1:]:
             op = rng.choice([o for o in "+-*/" if _allowed(value, o, x)])
-            a, b = (value, x) if op != "-" or value >= x else (x, value)
-            value = {"+": a + b, "-": a - b, "*": a * b, "/": a // b if b else 0}[op]
-            lines.append(f"{a} {op} {b} = {value}")
-        if value != target:
-            return lines
+            operand = f"({equation})" if steps else equation
+            if op == "-" and value < x:
+                a, b, equation = x, value, f"{x} - {operand}"
+            else:
+                a, b, equation = value, x, f"{operand} {op} {x}"
+            value = _APPLY[op](a, b)
+            steps.append((a, op, b, value))
+        if steps and value != target:
+            return Candidate(tuple(steps), equation)
     return None
+
+
+def solution_candidate(task: Task) -> Candidate | None:
+    """The solver's solution when every intermediate is a non-negative integer, else None."""
+    solution = solve(task.nums, task.target)
+    if solution is None or any("(" in line or "/" in line.rsplit("=", 1)[1] for line in solution.steps):
+        return None  # no solution, or one through fractions
+    steps = []
+    for line in solution.steps:
+        left, value = line.split(" = ")
+        a, op, b = left.split(" ")
+        steps.append((int(a), op, int(b), int(value)))
+    if any(n < 0 for step in steps for n in step if isinstance(n, int)):
+        return None
+    return Candidate(tuple(steps), solution.equation)
 
 
 def _allowed(value: int, op: str, x: int) -> bool:
@@ -55,21 +92,37 @@ def _allowed(value: int, op: str, x: int) -> bool:
     return True
 
 
-def search_trace(task: Task, rng: random.Random, misses: int) -> str | None:
-    """`misses` wrong candidates, each followed by `v != target`, then the solver's solution.
+def search_trace(
+    task: Task, rng: random.Random, misses: int, *, give_up: bool = False, reversed_digits: bool = False
+) -> str | None:
+    """`misses` wrong candidates, each followed by `v != target`, then the solver's solution (or,
+    with `give_up`, one more wrong candidate, answered unchecked).
 
-    Returns None when the task has no solution. Fewer misses are written when no wrong candidate
-    can be drawn.
+    Returns None when the task has no integer solution, or (`reversed_digits`) a number of the
+    thought does not fit the notation. Fewer misses are written when no wrong candidate can be drawn.
     """
-    solution = solve(task.nums, task.target)
+    solution = solution_candidate(task)
     if solution is None:
         return None
-    lines = []
-    for _ in range(misses):
+    tried = []
+    for _ in range(misses + give_up):
         candidate = wrong_candidate(task.nums, task.target, rng)
-        if candidate is None:
-            break
-        value = candidate[-1].rsplit(" ", 1)[1]
-        lines += candidate + [f"{value} != {task.target}"]
-    lines += solution.steps
-    return "<think>\n" + "\n".join(lines) + "\n</think>\n<answer> " + solution.equation + " </answer>"
+        if candidate is not None:
+            tried.append(candidate)
+    last = tried.pop() if give_up and tried else solution
+    return render(tried, last, task.target, reversed_digits)
+
+
+def render(rejected: list[Candidate], answered: Candidate, target: int, reversed_digits: bool) -> str | None:
+    """The completion that computes and rejects each of `rejected`, then computes `answered` and
+    answers its equation; None when (`reversed_digits`) a number does not fit the notation."""
+    numbers = [n for c in (*rejected, answered) for a, _, b, v in c.steps for n in (a, b, v)] + [target]
+    if reversed_digits and not notation.fits(*numbers):
+        return None
+    write = notation.write if reversed_digits else str
+    lines = [notation.HEADER] if reversed_digits else []
+    for candidate in (*rejected, answered):
+        lines += [f"{write(a)} {op} {write(b)} = {write(v)}" for a, op, b, v in candidate.steps]
+        if candidate is not answered:
+            lines.append(f"{write(candidate.value)} != {write(target)}")
+    return "<think>\n" + "\n".join(lines) + "\n</think>\n<answer> " + answered.equation + " </answer>"
