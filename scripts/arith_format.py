@@ -92,18 +92,43 @@ def exact_match(model, ids, mask, ops: list[str]) -> dict[str, float]:
     predicted = mx.argmax(model(ids[:, :-1]), axis=-1)  # [N, L-1]
     right = np.array(((predicted != ids[:, 1:]) * mask).sum(axis=1) == 0)  # [N]
     ops = np.array(ops)
-    return {"exact": float(right.mean())} | {f"exact {op}": float(right[ops == op].mean()) for op in "+-*/"}
+    return {"exact": float(right.mean())} | {f"exact {op}": float(right[ops == op].mean()) for op in set(ops)}
 
 
-def train_lines(model, tokenizer, train, test, *, steps, batch_size, lr, seed, eval_every, fmt="notation", log=print):
-    """AdamW (linear warmup over WARMUP steps, then `lr`) on `train` step lines written in `fmt`,
-    `batch_size` lines a step; logs exact match on `test` every `eval_every` steps and returns the last."""
+def restatements(num_tasks: int, seed: int, exclude=frozenset()) -> list[tuple[str, str]]:
+    """("44 19 35 98 -> ", "440 910 530 890"): a task's numbers and target restated in the notation,
+    as the bundled model's thoughts begin (`notation.restatement`), for generated tasks not in `exclude`."""
+    lines = []
+    for task in (t for t in generate_tasks(num_tasks, seed) if t not in exclude):
+        left, _, right = notation.restatement([*task.nums, task.target]).partition(notation.RESTATES)
+        lines.append((left + notation.RESTATES, right))
+    return lines
+
+
+def train_lines(
+    model,
+    tokenizer,
+    train,
+    test,
+    *,
+    steps,
+    batch_size,
+    lr,
+    seed,
+    eval_every,
+    fmt="notation",
+    written_too=((), ()),
+    log=print,
+):
+    """AdamW (linear warmup over WARMUP steps, then `lr`) on `train` step lines written in `fmt`
+    (and the (left, result) lines of `written_too[0]`), `batch_size` lines a step; logs exact match
+    on `test` (and `written_too[1]`, as "exact ->") every `eval_every` steps and returns the last."""
     schedule = optim.join_schedules([optim.linear_schedule(lr / WARMUP, lr, WARMUP), lambda _: mx.array(lr)], [WARMUP])
     optimizer = optim.AdamW(learning_rate=schedule, weight_decay=0.0)
     loss_and_grad = nn.value_and_grad(model, loss_fn)
-    train, test = written(train, fmt), written(test, fmt)
+    train, test = written(train, fmt) + list(written_too[0]), written(test, fmt) + list(written_too[1])
     test_ids, test_mask = encode(tokenizer, test)
-    ops = [left.split()[1] for left, _ in test]
+    ops = ["->" if notation.RESTATES in left else left.split()[1] for left, _ in test]
     rng, start, line = random.Random(seed), time.process_time(), {}
     for step in range(1, steps + 1):
         ids, mask = encode(tokenizer, rng.sample(train, batch_size))

@@ -55,6 +55,7 @@ from mlx_grpo.countdown.traces import search_trace
 
 SFT_SEED_BASE = 1_000_000  # generator seeds of the recipe's tasks: SFT_SEED_BASE + i
 TOKENIZER_TASKS = 2_000
+DEFAULT_LR, DEFAULT_BATCH = 1e-3, 16  # supervised stages (scripts/grpo_vs_sft.py continues with them)
 ARITH_TASKS = 20_000  # tasks whose step lines (~100k) stage 0 trains on
 # Share of warm-start completions that answer with the bare result ("<answer> 98 </answer>"), as base
 # models often do with this prompt. The equation reward pays nothing for them, the format reward the
@@ -282,8 +283,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="weights/countdown-tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sft-steps", type=int, default=6000)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--cooldown", type=int, default=1000, help="last steps, lr decayed linearly to 0")
     parser.add_argument("--hidden-size", type=int, default=SHAPE["hidden_size"])
@@ -351,6 +352,10 @@ def main(argv=None) -> None:
             arith_format.step_lines(ARITH_TASKS, SFT_SEED_BASE // 2, exclude), args.arith_oversample
         )
         arith_test = arith_format.step_lines(300, SFT_SEED_BASE // 2 - 1, exclude)
+        restated = [
+            arith_format.restatements(n, seed, exclude)
+            for n, seed in ((ARITH_TASKS, SFT_SEED_BASE // 3), (300, SFT_SEED_BASE // 3 - 1))
+        ]
         arith_log = arith_format.train_lines(
             model,
             tokenizer,
@@ -361,6 +366,7 @@ def main(argv=None) -> None:
             lr=args.lr,
             seed=args.seed,
             eval_every=250,
+            written_too=restated if mix.reversed_digits else ((), ()),
             log=lambda text: print(text, flush=True),
         )
     probe = None

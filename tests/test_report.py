@@ -194,6 +194,16 @@ def test_first_self_correction_is_the_first_correct_retry():
     assert report.first_self_correction(rows[:2]) is None
 
 
+def test_a_reversed_thought_is_also_shown_the_usual_way():
+    retry = "<think>\ndigits reversed\n440 - 910 = 520\n520 + 530 = 060\n060 != 890\n440 + 910 = 360\n360 + 530 = 890\n</think>"
+    row = {"step": 2, "target": 98, "nums": [44, 19, 35], "completion": retry, "rewards": {"equation": 1.0}}
+    assert report.first_self_correction([row]) is row  # judged in the notation
+    card = report._card("x", row, report.REJECTION_LINE)
+    assert "440 - 910 = 520" in card and "44 - 19 = 25\n25 + 35 = 60\n<mark>60 != 98</mark>" in card
+    plain = {**row, "completion": "<think>\n44 - 19 = 25\n</think>"}
+    assert "read the usual way" not in report._card("x", plain, report.REJECTION_LINE)
+
+
 def test_read_jsonl_skips_only_a_truncated_last_line(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"step": 1}\n\n{"step": 2}\n{"step": 3, "re')

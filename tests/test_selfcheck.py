@@ -130,7 +130,10 @@ def test_reversed_search_traces_read_as_the_plain_ones():
             if reversed_text is None:  # a number above 999
                 assert any(n > 999 for s in selfcheck.steps(plain) for n in (s.left, s.right, s.result))
                 continue
-            assert notation.readable(reversed_text) == plain.replace("<think>\n", "<think>\ndigits reversed\n")
+            given = " ".join(map(str, [*task.nums, task.target]))
+            restated = f"<think>\ndigits reversed\n{given} -> {given}\n"  # the restatement, read the usual way
+            assert notation.readable(reversed_text) == plain.replace("<think>\n", restated)
+            assert notation.restatement([*task.nums, task.target]) in reversed_text
             assert selfcheck.self_checks(reversed_text, task.target) == 2
             assert judge(reversed_text, task.target, task.nums).correct
 

@@ -14,7 +14,9 @@ layouts of "Teaching Arithmetic to Small Transformers", Lee et al. 2023).
 
 A thought in this notation starts with the line HEADER, so that the text itself says how to read
 it: `countdown.selfcheck` then reads its step and rejection lines backwards, and `readable` writes
-them the usual way for people. The answer (`<answer> (44 + 19) + 35 </answer>`) is always written
+them the usual way for people. The bundled model's thoughts then restate the task's numbers and
+target, the usual way and reversed (`restatement`: "44 19 35 98 -> 440 910 530 890"): copying a
+number from the prompt and reversing it are two easy steps where one was hard. The answer (`<answer> (44 + 19) + 35 </answer>`) is always written
 the usual way: it is what the equation reward parses.
 """
 
@@ -24,6 +26,7 @@ import re
 
 WIDTH = 3  # every number of a reversed thought: 0..999
 HEADER = "digits reversed"
+RESTATES = " -> "  # a restatement line: the usual way, RESTATES, reversed
 _NUMBER = re.compile(r"\d+")
 
 
@@ -50,10 +53,20 @@ def is_reversed(thought: str) -> bool:
     return text.split("\n", 1)[0].strip() == HEADER
 
 
+def restatement(numbers) -> str:
+    """The line that gives `numbers` the usual way, then in this notation: "44 19 35 98 -> 440 910 530 890"."""
+    return " ".join(map(str, numbers)) + RESTATES + " ".join(map(write, numbers))
+
+
 def readable(completion: str) -> str:
-    """`completion` with the numbers of a reversed thought written the usual way (for people)."""
+    """`completion` with the numbers of a reversed thought written the usual way (for people); the
+    left side of a restatement is already."""
     end = completion.find("</think>")
     thought, rest = (completion, "") if end < 0 else (completion[:end], completion[end:])
     if not is_reversed(thought):
         return completion
-    return _NUMBER.sub(lambda m: str(read(m[0])), thought) + rest
+    lines = []
+    for line in thought.split("\n"):
+        usual, arrow, reversed_part = line.rpartition(RESTATES)
+        lines.append(usual + arrow + _NUMBER.sub(lambda m: str(read(m[0])), reversed_part))
+    return "\n".join(lines) + rest

@@ -110,19 +110,23 @@ def search_trace(
         if candidate is not None:
             tried.append(candidate)
     last = tried.pop() if give_up and tried else solution
-    return render(tried, last, task.target, reversed_digits)
+    return render(task, tried, last, reversed_digits)
 
 
-def render(rejected: list[Candidate], answered: Candidate, target: int, reversed_digits: bool) -> str | None:
+def render(task: Task, rejected: list[Candidate], answered: Candidate, reversed_digits: bool) -> str | None:
     """The completion that computes and rejects each of `rejected`, then computes `answered` and
-    answers its equation; None when (`reversed_digits`) a number does not fit the notation."""
-    numbers = [n for c in (*rejected, answered) for a, _, b, v in c.steps for n in (a, b, v)] + [target]
-    if reversed_digits and not notation.fits(*numbers):
+    answers its equation; None when (`reversed_digits`) a number does not fit the notation.
+
+    A reversed thought first restates the task's numbers and target in the notation
+    (`notation.restatement`), so that each step copies its operands from the line above instead of
+    reversing them out of the prompt."""
+    numbers = [n for c in (*rejected, answered) for a, _, b, v in c.steps for n in (a, b, v)]
+    if reversed_digits and not notation.fits(*numbers, *task.nums, task.target):
         return None
     write = notation.write if reversed_digits else str
-    lines = [notation.HEADER] if reversed_digits else []
+    lines = [notation.HEADER, notation.restatement([*task.nums, task.target])] if reversed_digits else []
     for candidate in (*rejected, answered):
         lines += [f"{write(a)} {op} {write(b)} = {write(v)}" for a, op, b, v in candidate.steps]
         if candidate is not answered:
-            lines.append(f"{write(candidate.value)} != {write(target)}")
+            lines.append(f"{write(candidate.value)} != {write(task.target)}")
     return "<think>\n" + "\n".join(lines) + "\n</think>\n<answer> " + answered.equation + " </answer>"
