@@ -143,8 +143,9 @@ def run_arm(args) -> None:
             eval_every=0, save_every=10**6, log_completions_every=10**6
         )
         tasks = held_out_tasks(n=args.eval_tasks)
-        path = RESULTS / f"seed{args.seed}-{args.arm}.json"
-        curve = Curve(args.arm, args.seed, args.budget_s, args.eval_every_s, tasks, path)
+        label = args.arm if args.arm == "grpo" or args.lr == recipe.DEFAULT_LR else f"sft lr {args.lr:g}"
+        path = RESULTS / f"seed{args.seed}-{label.replace(' ', '-')}.json"
+        curve = Curve(label, args.seed, args.budget_s, args.eval_every_s, tasks, path)
         if args.arm == "grpo":
             model, tokenizer = run_grpo(curve, config)
         else:
@@ -176,11 +177,11 @@ def summarize(results: Path) -> str:
             f"{first['accuracy']:.3f} -> {last['accuracy']:.3f} | " + " | ".join(cells) + " |"
         )
     lines += ["", "GRPO minus SFT, final held-out accuracy (points):", ""]
-    for seed in sorted({s for s, _ in runs}):
-        grpo, sft = runs.get((seed, "grpo"), {}).get("final"), runs.get((seed, "sft"), {}).get("final")
-        if grpo and sft:
+    for (seed, arm), run in sorted(runs.items()):
+        grpo, sft = runs.get((seed, "grpo"), {}).get("final"), run.get("final")
+        if arm != "grpo" and grpo and sft:
             gaps = ", ".join(f"{name} {100 * (grpo[name]['accuracy'] - sft[name]['accuracy']):+.1f}" for name in sets)
-            lines.append(f"- seed {seed}: {gaps}")
+            lines.append(f"- seed {seed}, against {arm}: {gaps}")
     return "\n".join(lines) + "\n"
 
 
@@ -191,13 +192,13 @@ def plot(results: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    colours = {"grpo": "tab:orange", "sft": "tab:blue"}
+    colours = {"grpo": "tab:orange", "sft": "tab:blue", "sft lr 0.0001": "tab:cyan"}
     for f in sorted(results.glob("*.json")):
         r = json.loads(f.read_text())
         style, seconds = ["-", "--", ":"][r["seed"] % 3], [p["train_s"] for p in r["points"]]
         for ax, key in zip(axes, FIGURES):
             label = f"{r['arm']} seed {r['seed']}"
-            ax.plot(seconds, [p[key] for p in r["points"]], style, color=colours[r["arm"]], marker="o", label=label)
+            ax.plot(seconds, [p[key] for p in r["points"]], style, color=colours.get(r["arm"]), marker="o", label=label)
     for ax, key in zip(axes, FIGURES):
         ax.set(xlabel="training time (s, evaluation excluded)", ylabel=key.replace("_", " "))
     axes[0].legend(fontsize=7)
