@@ -77,6 +77,23 @@ def evaluate(
 _COUNTS = ("correct", "well_formed", "equations", "self_checks", "length", "forced", "solved")
 
 
+def evaluate_as_trained(model, tokenizer, tasks: list[Task], config, *, batch_size: int, **options) -> dict:
+    """`evaluate` with a TrainConfig's generation settings (completion length, thinking switch,
+    prefill, seed, thinking budget), as training's held-out evaluation scores the policy."""
+    return evaluate(
+        model,
+        tokenizer,
+        tasks,
+        max_tokens=config.max_completion_length,
+        batch_size=batch_size,
+        enable_thinking=config.enable_thinking,
+        prefill=config.prefill,
+        seed=config.seed,
+        budget=ThinkingBudget.of_config(config, tokenizer),
+        **options,
+    )
+
+
 def _score_chunk(model, tokenizer, chunk: list[Task], options, pass_k: int, seed: int, samples, common) -> dict:
     """Counts over one batch of tasks: greedy verdicts, tokens, forced closes, and pass@k hits."""
     greedy_options, pass_options = options

@@ -40,7 +40,7 @@ from mlx_grpo.countdown.data import load_tasks, split_tasks
 from mlx_grpo.dynamic import DynamicSource, check_signal
 from mlx_grpo.episodes import Episodes, EpisodeSource, step_seed
 from mlx_grpo.errors import UserError
-from mlx_grpo.evaluate import evaluate
+from mlx_grpo.evaluate import evaluate_as_trained
 from mlx_grpo.grpo import compute_advantages
 from mlx_grpo.memory import PROMPT_ALLOWANCE, MemoryPlan, budget_bytes, peak_memory, plan_memory
 from mlx_grpo.metrics import join_rows, row_values, step_metrics
@@ -229,17 +229,8 @@ def _slowest(*figures: dict) -> list[dict]:
 
 def evaluate_policy(training: Training) -> dict:
     """Greedy accuracy, format and equation rate, length on the held-out tasks, as metrics."""
-    c = training.config
-    result = evaluate(
-        training.model,
-        training.tokenizer,
-        training.eval_tasks,
-        max_tokens=c.max_completion_length,
-        batch_size=training.memory.eval_rows,
-        enable_thinking=c.enable_thinking,
-        prefill=c.prefill,
-        seed=c.seed,
-        budget=ThinkingBudget.of_config(c, training.tokenizer),
+    result = evaluate_as_trained(
+        training.model, training.tokenizer, training.eval_tasks, training.config, batch_size=training.memory.eval_rows
     )
     keys = ("accuracy", "format_rate", "equation_rate", "completion_length", "forced_frac", "self_check_rate")
     return {f"eval/{k}": result[k] for k in keys}

@@ -44,18 +44,9 @@ class _BudgetSpent(Exception):
 
 
 def scores(model, tokenizer, tasks, config) -> dict:
-    from mlx_grpo.evaluate import evaluate
+    from mlx_grpo.evaluate import evaluate_as_trained
 
-    result = evaluate(
-        model,
-        tokenizer,
-        tasks,
-        max_tokens=config.max_completion_length,
-        batch_size=64,
-        enable_thinking=config.enable_thinking,
-        prefill=config.prefill,
-        seed=config.seed,
-    )
+    result = evaluate_as_trained(model, tokenizer, tasks, config, batch_size=64)
     return {k: result[k] for k in FIGURES}
 
 

@@ -36,7 +36,7 @@ class _BudgetSpent(Exception):
 def run_one(seed: int, mode: str, budget_s: float, eval_every_s: float, eval_tasks: int, max_steps: int, path: Path):
     """Train one run until the budget is spent; write its curve and time breakdown to `path` at each
     evaluation (a run stopped early still leaves its curve so far)."""
-    from mlx_grpo.evaluate import evaluate
+    from mlx_grpo.evaluate import evaluate_as_trained
     from mlx_grpo.trainer import prepare, run
 
     tasks = held_out_tasks(n=eval_tasks)
@@ -47,18 +47,9 @@ def run_one(seed: int, mode: str, budget_s: float, eval_every_s: float, eval_tas
         training = prepare(config)
 
         def accuracy() -> float:
-            c = training.config
-            result = evaluate(
-                training.model,
-                training.tokenizer,
-                tasks,
-                max_tokens=c.max_completion_length,
-                batch_size=64,
-                enable_thinking=c.enable_thinking,
-                prefill=c.prefill,
-                seed=c.seed,
-            )
-            return result["accuracy"]
+            return evaluate_as_trained(training.model, training.tokenizer, tasks, training.config, batch_size=64)[
+                "accuracy"
+            ]
 
         totals = {"train_s": 0.0, "generated_tokens": 0, **{p: 0.0 for p in PHASES}}
         points = [{"step": 0, "train_s": 0.0, "generated_tokens": 0, "accuracy": accuracy()}]
