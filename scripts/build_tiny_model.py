@@ -352,10 +352,14 @@ def main(argv=None) -> None:
             arith_format.step_lines(ARITH_TASKS, SFT_SEED_BASE // 2, exclude), args.arith_oversample
         )
         arith_test = arith_format.step_lines(300, SFT_SEED_BASE // 2 - 1, exclude)
-        restated = [
-            arith_format.restatements(n, seed, exclude)
-            for n, seed in ((ARITH_TASKS, SFT_SEED_BASE // 3), (300, SFT_SEED_BASE // 3 - 1))
-        ]
+        restated = (  # (train, test) restatement lines, for thoughts that begin with one
+            [
+                arith_format.restatements(n, seed, exclude)
+                for n, seed in ((ARITH_TASKS, SFT_SEED_BASE // 3), (300, SFT_SEED_BASE // 3 - 1))
+            ]
+            if mix.reversed_digits
+            else ((), ())
+        )
         arith_log = arith_format.train_lines(
             model,
             tokenizer,
@@ -366,7 +370,7 @@ def main(argv=None) -> None:
             lr=args.lr,
             seed=args.seed,
             eval_every=250,
-            written_too=restated if mix.reversed_digits else ((), ()),
+            written_too=restated,
             log=lambda text: print(text, flush=True),
         )
     probe = None

@@ -9,15 +9,16 @@ A tiny transformer that writes "44 + 19 = 63" has to produce the result's first 
 the carry of 4 + 9 is on the page. Written backwards and padded to one width, "440 + 910 = 360",
 each digit of the result depends on the two digits at fixed distances before it and on the carry
 of the digit it has just written: the bundled model's shape learns + and - lines to 99% exact this
-way, against 10% written the usual way after the same training (scripts/README.md, section 6; the
+way, against 10% written the usual way after the same training (scripts/README.md, section 7; the
 layouts of "Teaching Arithmetic to Small Transformers", Lee et al. 2023).
 
 A thought in this notation starts with the line HEADER, so that the text itself says how to read
 it: `countdown.selfcheck` then reads its step and rejection lines backwards, and `readable` writes
-them the usual way for people. The bundled model's thoughts then restate the task's numbers and
-target, the usual way and reversed (`restatement`: "44 19 35 98 -> 440 910 530 890"): copying a
-number from the prompt and reversing it are two easy steps where one was hard. The answer (`<answer> (44 + 19) + 35 </answer>`) is always written
-the usual way: it is what the equation reward parses.
+them the usual way for people. Such a thought then restates the task's numbers and target, the
+usual way and reversed (`restatement`: "44 19 35 98 -> 440 910 530 890"): copying a number from
+the prompt and reversing it are two easy steps where one was hard. The answer
+(`<answer> (44 + 19) + 35 </answer>`) is always written the usual way: it is what the equation
+reward parses.
 """
 
 from __future__ import annotations
