@@ -28,13 +28,10 @@ from mlx_grpo.countdown.prompts import build_prompt
 from mlx_grpo.countdown.traces import solution_candidate
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model")
-    args = parser.parse_args(argv)
-    model, tokenizer = mlx_lm.load(args.model)
+def exact_rates(model, tokenizer, num_tasks: int = 300) -> dict[str, float]:
+    """Exact-match rate of the first solution step's result, alone and in a trace (module docstring)."""
     lines = {"alone": [], "in a trace": []}
-    for task in generate_tasks(300, 3_000_000):
+    for task in generate_tasks(num_tasks, 3_000_000):
         candidate = solution_candidate(task)
         numbers = [n for a, _, b, v in (candidate.steps if candidate else []) for n in (a, b, v)]
         if candidate is None or not notation.fits(*numbers, *task.nums, task.target):
@@ -45,10 +42,20 @@ def main(argv=None) -> None:
         context = f"{build_prompt(tokenizer, task).text}<think>\n{notation.HEADER}\n{restated}\n"
         lines["alone"].append((left, result))
         lines["in a trace"].append((context + left, result))
+    rates = {}
     for where, rows in lines.items():
         ids, mask = arith_format.encode(tokenizer, rows)
-        exact = arith_format.exact_match(model, ids, mask, ["any"] * len(rows))["exact"]
-        print(json.dumps({"where": where, "lines": len(rows), "exact": round(exact, 3)}))
+        rates[where] = arith_format.exact_match(model, ids, mask, ["any"] * len(rows))["exact"]
+    return rates
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model")
+    args = parser.parse_args(argv)
+    model, tokenizer = mlx_lm.load(args.model)
+    for where, exact in exact_rates(model, tokenizer).items():
+        print(json.dumps({"where": where, "exact": round(exact, 3)}))
 
 
 if __name__ == "__main__":

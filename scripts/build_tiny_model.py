@@ -160,23 +160,39 @@ def warm_start_completion(task: Task, rng: random.Random, mix: TraceMix = TraceM
     return text
 
 
-def encode_example(tokenizer, task: Task, completion: str, stop_id: int) -> tuple[list[int], int]:
-    """Prompt + completion + stop token as ids, and the prompt's length (loss starts there)."""
+_RESULT = re.compile(r"((?<= = )\d+)")  # the result of a step line "a op b = v" (not of "v != T")
+
+
+def encode_example(
+    tokenizer, task: Task, completion: str, stop_id: int, result_weight: float = 1.0
+) -> tuple[list[int], list[float]]:
+    """Prompt + completion + stop token as ids, and a loss weight per id: 0 on the prompt,
+    `result_weight` on the digits of step-line results, 1 elsewhere.
+
+    The completion is encoded piece by piece, cut around each result; the tokenizer splits digits
+    one per token, so this gives the ids of encoding it whole."""
     prompt = build_prompt(tokenizer, task)
     prompt_ids = tokenizer.encode(prompt.text, add_special_tokens=False)
-    completion_ids = tokenizer.encode(completion, add_special_tokens=False)
-    return prompt_ids + completion_ids + [stop_id], len(prompt_ids)
+    ids, weights = list(prompt_ids), [0.0] * len(prompt_ids)
+    for i, piece in enumerate(_RESULT.split(completion)):  # odd pieces are results
+        piece_ids = tokenizer.encode(piece, add_special_tokens=False)
+        ids += piece_ids
+        weights += [result_weight if i % 2 else 1.0] * len(piece_ids)
+    return ids + [stop_id], weights + [1.0]
 
 
-def make_batch(tokenizer, pairs: list[tuple[Task, str]], stop_id: int, pad_id: int) -> tuple[mx.array, mx.array]:
-    """Right-padded ids `[B, L]` and a loss mask `[B, L-1]` that is 1 on completion targets only."""
-    examples = [encode_example(tokenizer, t, c, stop_id) for t, c in pairs]
+def make_batch(
+    tokenizer, pairs: list[tuple[Task, str]], stop_id: int, pad_id: int, result_weight: float = 1.0
+) -> tuple[mx.array, mx.array]:
+    """Right-padded ids `[B, L]` and loss weights `[B, L-1]`: 0 on the prompt and padding, 1 on the
+    completion, `result_weight` on step-line results (`encode_example`)."""
+    examples = [encode_example(tokenizer, t, c, stop_id, result_weight) for t, c in pairs]
     width = max(len(ids) for ids, _ in examples)
     ids = np.full((len(examples), width), pad_id, dtype=np.int32)
     mask = np.zeros((len(examples), width - 1), dtype=np.float32)
-    for row, (seq, prompt_len) in enumerate(examples):
+    for row, (seq, weights) in enumerate(examples):
         ids[row, : len(seq)] = seq
-        mask[row, prompt_len - 1 : len(seq) - 1] = 1.0  # position i predicts token i + 1
+        mask[row, : len(seq) - 1] = weights[1:]  # position i predicts token i + 1
     return mx.array(ids), mx.array(mask)
 
 
@@ -222,6 +238,7 @@ def supervised_warm_start(
     exclude: set[Task],
     mix: TraceMix = TraceMix(),
     cooldown: int = 0,
+    result_weight: float = 1.0,
     log_every: int = 25,
     probe=None,
 ) -> list[dict]:
@@ -237,7 +254,7 @@ def supervised_warm_start(
     batches = example_batches(batch_size, seed, exclude, mix)
     log, start, cpu_start, running = [], time.time(), time.process_time(), []
     for step in range(1, steps + 1):
-        ids, mask = make_batch(tokenizer, next(batches), stop_id, pad_id)
+        ids, mask = make_batch(tokenizer, next(batches), stop_id, pad_id, result_weight)
         loss, grads = loss_and_grad(model, ids, mask)
         grads, _ = optim.clip_grad_norm(grads, 1.0)
         optimizer.update(model, grads)
@@ -301,6 +318,9 @@ def main(argv=None) -> None:
     parser.add_argument("--arith-steps", type=int, default=0, help="steps on single step lines first (notation)")
     parser.add_argument("--arith-batch-size", type=int, default=128)
     parser.add_argument("--arith-oversample", type=int, default=4, help="extra copies of * and / lines")
+    parser.add_argument(
+        "--result-weight", type=float, default=1.0, help="loss weight of step-line results (other tokens: 1)"
+    )
     parser.add_argument("--embed-std", type=float, default=None, help="std of the embedding at init (default 0.02)")
     parser.add_argument("--max-tokens", type=int, default=None, help="evaluation budget (default: the demo's)")
     parser.add_argument("--rope-theta", type=float, default=10_000.0)
@@ -376,7 +396,15 @@ def main(argv=None) -> None:
     probe = None
     if args.probe_tasks:
         probe_tasks = held_out_tasks(EVAL_SEED)[: args.probe_tasks]
-        probe = lambda m: {f"probe/{k}": v for k, v in held_out_accuracy(m, tokenizer, probe_tasks, max_tokens).items()}
+
+        def probe(m) -> dict:
+            figures = held_out_accuracy(m, tokenizer, probe_tasks, max_tokens)
+            if mix.reversed_digits:  # the first step line teacher-forced, alone and where a trace puts it
+                import arith_in_context
+
+                figures |= {f"step exact {k}": v for k, v in arith_in_context.exact_rates(m, tokenizer).items()}
+            return {f"probe/{k}": v for k, v in figures.items()}
+
     log = supervised_warm_start(
         model,
         tokenizer,
@@ -385,6 +413,7 @@ def main(argv=None) -> None:
         lr=args.lr,
         warmup=args.warmup,
         cooldown=args.cooldown,
+        result_weight=args.result_weight,
         seed=args.seed,
         exclude=exclude,
         mix=mix,
