@@ -72,6 +72,7 @@ class TraceMix:
     search: float = 0.0  # a search trace (`traces.search_trace`) instead of the worked solution
     max_misses: int = 2  # a search trace rejects 1..max_misses wrong candidates
     give_up: float = 0.0  # one wrong candidate, answered unchecked (a direct answer that misses)
+    near: bool = False  # wrong candidates are the solution with another last operation (`traces.near_misses`)
     reversed_digits: bool = False  # the thought in `countdown.notation` ("440 + 910 = 360")
 
 
@@ -146,9 +147,11 @@ def warm_start_completion(task: Task, rng: random.Random, mix: TraceMix = TraceM
     """
     kind = rng.random()
     if kind < mix.search:
-        text = search_trace(task, rng, rng.randint(1, mix.max_misses), reversed_digits=mix.reversed_digits)
+        text = search_trace(
+            task, rng, rng.randint(1, mix.max_misses), near=mix.near, reversed_digits=mix.reversed_digits
+        )
     elif kind < mix.search + mix.give_up:
-        text = search_trace(task, rng, 0, give_up=True, reversed_digits=mix.reversed_digits)
+        text = search_trace(task, rng, 0, give_up=True, near=mix.near, reversed_digits=mix.reversed_digits)
     elif mix.reversed_digits:
         text = search_trace(task, rng, 0, reversed_digits=True)
     else:
@@ -314,6 +317,7 @@ def main(argv=None) -> None:
     parser.add_argument("--search-share", type=float, default=0.0, help="completions that are search traces")
     parser.add_argument("--max-misses", type=int, default=2, help="wrong candidates a search trace rejects, at most")
     parser.add_argument("--give-up-share", type=float, default=0.0, help="completions answering a wrong candidate")
+    parser.add_argument("--near-misses", action="store_true", help="wrong candidates differ in the last step only")
     parser.add_argument("--reversed-digits", action="store_true", help="thoughts in countdown.notation")
     parser.add_argument("--arith-steps", type=int, default=0, help="steps on single step lines first (notation)")
     parser.add_argument("--arith-batch-size", type=int, default=128)
@@ -355,6 +359,7 @@ def main(argv=None) -> None:
         search=args.search_share,
         max_misses=args.max_misses,
         give_up=args.give_up_share,
+        near=args.near_misses,
         reversed_digits=args.reversed_digits,
     )
     max_tokens = args.max_tokens or MAX_TOKENS

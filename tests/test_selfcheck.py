@@ -13,7 +13,7 @@ from mlx_grpo.countdown.scoring import judge
 from mlx_grpo.countdown.selfcheck import _OPS
 from mlx_grpo.countdown.solver import worked_solution
 from mlx_grpo.countdown.tasks import Task
-from mlx_grpo.countdown.traces import search_trace, wrong_candidate
+from mlx_grpo.countdown.traces import near_misses, search_trace, solution_candidate, wrong_candidate
 
 
 def turn(*lines: str, answer: str = "(44 + 19) + 35") -> str:
@@ -95,6 +95,34 @@ def test_wrong_candidates_use_every_number_miss_the_target_and_their_equation_is
         assert equation_value(candidate.equation, task.nums) == candidate.value  # every number once
         assert all(_OPS[op](a, b) == v for a, op, b, v in candidate.steps)
     assert wrong_candidate((5,), 5, rng) is None  # one number: its only value is the target
+
+
+def test_near_misses_change_only_the_last_operation_and_miss_the_target():
+    seen_ops = set()
+    for task in generate_tasks(300, 11):
+        solution = solution_candidate(task)
+        if solution is None:
+            continue
+        *before, (a, op, b, _) = solution.steps
+        for miss in near_misses(solution, task.target):
+            *same, (x, other, y, value) = miss.steps
+            assert same == before and {x, y} == {a, b} and other != op and _OPS[other](x, y) == value
+            assert value != task.target and equation_value(miss.equation, task.nums) == value  # every number once
+            seen_ops.add(other)
+    assert seen_ops == set("+-*/")
+
+
+def test_a_near_miss_search_tries_other_last_operations_one_line_each():
+    rng = random.Random(3)
+    for task in generate_tasks(200, 12):
+        solution = solution_candidate(task)
+        if solution is None or len(near_misses(solution, task.target)) < 2:
+            continue
+        text = search_trace(task, rng, 2, near=True)
+        thought = selfcheck.thought(text)
+        assert selfcheck.self_checks(text, task.target) == 2 and judge(text, task.target, task.nums).correct
+        # the solution's first steps once, then one last step per candidate
+        assert len(selfcheck.steps(text)) == len(solution.steps) + 2 and thought.count(" != ") == 2
 
 
 def test_a_trace_that_gives_up_answers_its_last_wrong_candidate_unchecked():

@@ -19,7 +19,10 @@ the habit GRPO has to unlearn. With `reversed_digits` the thought is written in 
 notation (`countdown.notation`: "440 + 910 = 360" for 44 + 19 = 63); the answer never is.
 
 Wrong candidates are random left-deep expressions over all the numbers in a random order, with
-non-negative integer intermediates like the solver's, whose value is not the target.
+non-negative integer intermediates like the solver's, whose value is not the target; or (`near`)
+the solution with another last operation (`near_misses`), so that a search retries the last step
+only, one line per try ("23 * 32 = 736 / 736 != 55 / 23 + 32 = 55"): a search that a model
+whose first steps are right can carry through.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from mlx_grpo.countdown import notation
+from mlx_grpo.countdown import expr, notation
 from mlx_grpo.countdown.solver import solve
 from mlx_grpo.countdown.tasks import Task
 
@@ -84,6 +87,35 @@ def solution_candidate(task: Task) -> Candidate | None:
     return Candidate(tuple(steps), solution.equation)
 
 
+def near_misses(solution: Candidate, target: int) -> list[Candidate]:
+    """`solution` with its last operation replaced by each other one that misses `target` and keeps
+    integer, non-negative intermediates (products up to MAX_PRODUCT): every step but the last is the
+    solution's, so trying them one after another is a search that finds the solution whenever the
+    steps before the last are right. The operands of a `-` or `/` go larger first."""
+    top = expr.parse(solution.equation)  # its operator is the last step's
+    *before, (a, op, b, _) = solution.steps
+    sides = (top.left, top.right) if expr.evaluate(top.left) == a else (top.right, top.left)  # a's, b's
+    found = []
+    for other in "+-*/":
+        (x, side_x), (y, side_y) = (a, sides[0]), (b, sides[1])
+        if other in "-/" and b > a:
+            (x, side_x), (y, side_y) = (y, side_y), (x, side_x)
+        if other == op or not _allowed(x, other, y):
+            continue
+        value = _APPLY[other](x, y)
+        if value != target:
+            equation = f"{_operand(side_x)} {other} {_operand(side_y)}"
+            found.append(Candidate((*before, (x, other, y, value)), equation))
+    return found
+
+
+def _operand(side) -> str:
+    """A side of the top-level operation as text, in parentheses when it is itself an operation."""
+    if isinstance(side, expr.Num):
+        return str(side.value)
+    return f"({_operand(side.left)} {side.op} {_operand(side.right)})"
+
+
 def _allowed(value: int, op: str, x: int) -> bool:
     if op == "*":
         return value * x <= MAX_PRODUCT
@@ -93,29 +125,49 @@ def _allowed(value: int, op: str, x: int) -> bool:
 
 
 def search_trace(
-    task: Task, rng: random.Random, misses: int, *, give_up: bool = False, reversed_digits: bool = False
+    task: Task,
+    rng: random.Random,
+    misses: int,
+    *,
+    give_up: bool = False,
+    near: bool = False,
+    reversed_digits: bool = False,
 ) -> str | None:
     """`misses` wrong candidates, each followed by `v != target`, then the solver's solution (or,
-    with `give_up`, one more wrong candidate, answered unchecked).
+    with `give_up`, one more wrong candidate, answered unchecked). With `near`, the wrong
+    candidates are the solution's `near_misses` in a random order (random ones once they run out).
 
     Returns None when the task has no integer solution, or (`reversed_digits`) a number of the
-    thought does not fit the notation. Fewer misses are written when no wrong candidate can be drawn.
+    thought does not fit the notation. Fewer misses are written when no new wrong candidate can be drawn.
     """
     solution = solution_candidate(task)
     if solution is None:
         return None
+    close = near_misses(solution, task.target) if near else []
+    rng.shuffle(close)
     tried = []
     for _ in range(misses + give_up):
-        candidate = wrong_candidate(task.nums, task.target, rng)
+        candidate = close.pop() if close else _new_wrong_candidate(task, tried, rng)
         if candidate is not None:
             tried.append(candidate)
     last = tried.pop() if give_up and tried else solution
     return render(task, tried, last, reversed_digits)
 
 
+def _new_wrong_candidate(task: Task, tried: list[Candidate], rng: random.Random) -> Candidate | None:
+    """A wrong candidate not in `tried`, or None when `_TRIES` draws found none."""
+    for _ in range(_TRIES):
+        candidate = wrong_candidate(task.nums, task.target, rng)
+        if candidate is None or candidate not in tried:
+            return candidate
+    return None
+
+
 def render(task: Task, rejected: list[Candidate], answered: Candidate, reversed_digits: bool) -> str | None:
     """The completion that computes and rejects each of `rejected`, then computes `answered` and
-    answers its equation; None when (`reversed_digits`) a number does not fit the notation.
+    answers its equation; None when (`reversed_digits`) a number does not fit the notation. The steps
+    a candidate shares at its beginning with the one before are not written again ("try another
+    last operation" is one line).
 
     A reversed thought first restates the task's numbers and target in the notation
     (`notation.restatement`), so that each step copies its operands from the line above instead of
@@ -125,8 +177,11 @@ def render(task: Task, rejected: list[Candidate], answered: Candidate, reversed_
         return None
     write = notation.write if reversed_digits else str
     lines = [notation.HEADER, notation.restatement([*task.nums, task.target])] if reversed_digits else []
+    written = ()  # the steps of the candidate before: a common beginning is not written again
     for candidate in (*rejected, answered):
-        lines += [f"{write(a)} {op} {write(b)} = {write(v)}" for a, op, b, v in candidate.steps]
+        shared = next((i for i, pair in enumerate(zip(written, candidate.steps)) if pair[0] != pair[1]), len(written))
+        lines += [f"{write(a)} {op} {write(b)} = {write(v)}" for a, op, b, v in candidate.steps[shared:]]
+        written = candidate.steps
         if candidate is not answered:
             lines.append(f"{write(candidate.value)} != {write(task.target)}")
     return "<think>\n" + "\n".join(lines) + "\n</think>\n<answer> " + answered.equation + " </answer>"
