@@ -1,0 +1,78 @@
+"""Does a self-check pay for this model? Sampled completions on held-out tasks, accuracy by kind.
+
+    python scripts/selfcheck_pays.py MODEL_DIR --temperatures 1.0,0.6 --tasks 128
+
+GRPO raises the share of completions that self-check (`countdown.selfcheck`: a candidate rejected
+against the target, then another tried) only if they earn more reward than the others in the same
+group. For `--tasks` of the demo's held-out tasks, `--samples` completions each at every
+temperature (the training cap of `--max-tokens`), one JSON line per temperature: accuracy, the
+share and accuracy of the completions that self-check and of the rest, the share that run out of
+tokens before an answer (the format reward pays them nothing), and the share of step lines whose
+arithmetic is right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import mlx_lm
+
+from mlx_grpo.countdown import selfcheck
+from mlx_grpo.demo import EVAL_SEED, MAX_TOKENS, held_out_tasks
+from mlx_grpo.episodes import run_episodes
+from mlx_grpo.sampling import SamplingOptions
+
+PROMPTS_PER_BATCH = 16
+
+
+def measure(model, tokenizer, tasks, *, temperature: float, samples: int, max_tokens: int, seed: int = 0) -> dict:
+    counts = {"check": [0, 0], "direct": [0, 0]}  # kind -> [completions, correct]
+    unanswered, lines, right_lines = 0, 0, 0
+    for start in range(0, len(tasks), PROMPTS_PER_BATCH):
+        episodes = run_episodes(
+            model,
+            tokenizer,
+            tasks[start : start + PROMPTS_PER_BATCH],
+            group_size=samples,
+            sampling=SamplingOptions(max_tokens, temperature),
+            seed=seed + start,
+        )
+        for completion, verdict in zip(episodes.completions, episodes.verdicts):
+            kind = counts["check" if verdict.self_check else "direct"]
+            kind[0], kind[1] = kind[0] + 1, kind[1] + verdict.correct
+            unanswered += "</answer>" not in completion
+            steps = selfcheck.steps(completion)
+            lines, right_lines = lines + len(steps), right_lines + sum(s.correct for s in steps)
+    n = sum(total for total, _ in counts.values())
+    return {
+        "temperature": temperature,
+        "completions": n,
+        "accuracy": sum(right for _, right in counts.values()) / n,
+        "self-check share": counts["check"][0] / n,
+        "self-check accuracy": counts["check"][1] / max(counts["check"][0], 1),
+        "other accuracy": counts["direct"][1] / max(counts["direct"][0], 1),
+        "no answer": unanswered / n,
+        "step lines right": right_lines / max(lines, 1),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model")
+    parser.add_argument("--temperatures", default="1.0")
+    parser.add_argument("--tasks", type=int, default=128)
+    parser.add_argument("--samples", type=int, default=8, help="completions per task")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    args = parser.parse_args(argv)
+    model, tokenizer = mlx_lm.load(args.model)
+    tasks = held_out_tasks(EVAL_SEED)[: args.tasks]
+    for temperature in (float(t) for t in args.temperatures.split(",")):
+        line = measure(
+            model, tokenizer, tasks, temperature=temperature, samples=args.samples, max_tokens=args.max_tokens
+        )
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in line.items()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
