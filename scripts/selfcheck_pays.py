@@ -8,13 +8,16 @@ group. For `--tasks` of the demo's held-out tasks, `--samples` completions each 
 temperature (the training cap of `--max-tokens`), one JSON line per temperature: accuracy, the
 share and accuracy of the completions that self-check and of the rest, the share that run out of
 tokens before an answer (the format reward pays them nothing), and the share of step lines whose
-arithmetic is right.
+arithmetic is right. A first line, greedy: accuracy, and the share of tasks whose first candidate
+(the first n - 1 step lines, all right) ends on two operands that some operation takes to the
+target: what retrying only the last operation (`traces.near_misses`) could reach at most.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from fractions import Fraction
 
 import mlx_lm
 
@@ -26,7 +29,27 @@ from mlx_grpo.sampling import SamplingOptions
 PROMPTS_PER_BATCH = 16
 
 
-def measure(model, tokenizer, tasks, *, temperature: float, samples: int, max_tokens: int, seed: int = 0) -> dict:
+def last_step_ceiling(model, tokenizer, tasks, max_tokens: int) -> dict:
+    """Greedy accuracy, and the share whose first candidate's last operands reach the target."""
+    from mlx_grpo.evaluate import evaluate
+
+    samples = []
+    accuracy = evaluate(model, tokenizer, tasks, max_tokens=max_tokens, batch_size=64, samples=samples)["accuracy"]
+    reachable = 0
+    for sample in samples:
+        first = selfcheck.steps(sample["completion"])[: len(sample["nums"]) - 1]
+        if len(first) == len(sample["nums"]) - 1 and all(step.correct for step in first):
+            a, b = first[-1].left, first[-1].right
+            values = (
+                {a + b, a - b, b - a, a * b} | ({Fraction(a, b)} if b else set()) | ({Fraction(b, a)} if a else set())
+            )
+            reachable += sample["target"] in values
+    return {"greedy accuracy": accuracy, "last step reaches the target": reachable / len(tasks)}
+
+
+def measure(
+    model, tokenizer, tasks, *, temperature: float, top_p: float, samples: int, max_tokens: int, seed: int = 0
+) -> dict:
     counts = {"check": [0, 0], "direct": [0, 0]}  # kind -> [completions, correct]
     unanswered, lines, right_lines = 0, 0, 0
     for start in range(0, len(tasks), PROMPTS_PER_BATCH):
@@ -35,7 +58,7 @@ def measure(model, tokenizer, tasks, *, temperature: float, samples: int, max_to
             tokenizer,
             tasks[start : start + PROMPTS_PER_BATCH],
             group_size=samples,
-            sampling=SamplingOptions(max_tokens, temperature),
+            sampling=SamplingOptions(max_tokens, temperature, top_p=top_p),
             seed=seed + start,
         )
         for completion, verdict in zip(episodes.completions, episodes.verdicts):
@@ -47,6 +70,7 @@ def measure(model, tokenizer, tasks, *, temperature: float, samples: int, max_to
     n = sum(total for total, _ in counts.values())
     return {
         "temperature": temperature,
+        "top_p": top_p,
         "completions": n,
         "accuracy": sum(right for _, right in counts.values()) / n,
         "self-check share": counts["check"][0] / n,
@@ -61,15 +85,23 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model")
     parser.add_argument("--temperatures", default="1.0")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
     parser.add_argument("--tasks", type=int, default=128)
     parser.add_argument("--samples", type=int, default=8, help="completions per task")
     parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     args = parser.parse_args(argv)
     model, tokenizer = mlx_lm.load(args.model)
     tasks = held_out_tasks(EVAL_SEED)[: args.tasks]
+    print(json.dumps({k: round(v, 4) for k, v in last_step_ceiling(model, tokenizer, tasks, args.max_tokens).items()}))
     for temperature in (float(t) for t in args.temperatures.split(",")):
         line = measure(
-            model, tokenizer, tasks, temperature=temperature, samples=args.samples, max_tokens=args.max_tokens
+            model,
+            tokenizer,
+            tasks,
+            temperature=temperature,
+            top_p=args.top_p,
+            samples=args.samples,
+            max_tokens=args.max_tokens,
         )
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in line.items()}), flush=True)
 
