@@ -51,7 +51,7 @@ from mlx_grpo.countdown.generator import generate_tasks
 from mlx_grpo.countdown.prompts import SYSTEM_PROMPT, USER_TEMPLATE, build_prompt
 from mlx_grpo.countdown.solver import worked_solution
 from mlx_grpo.countdown.tasks import Task
-from mlx_grpo.countdown.traces import search_trace
+from mlx_grpo.countdown.traces import search_trace, sum_trace
 
 SFT_SEED_BASE = 1_000_000  # generator seeds of the recipe's tasks: SFT_SEED_BASE + i
 TOKENIZER_TASKS = 2_000
@@ -73,6 +73,7 @@ class TraceMix:
     max_misses: int = 2  # a search trace rejects 1..max_misses wrong candidates
     give_up: float = 0.0  # one wrong candidate, answered unchecked (a direct answer that misses)
     near: bool = False  # wrong candidates are the solution with another last operation (`traces.near_misses`)
+    sum_first: float = 0.0  # add every number first, then fix the sum (`traces.sum_trace`)
     reversed_digits: bool = False  # the thought in `countdown.notation` ("440 + 910 = 360")
 
 
@@ -139,7 +140,8 @@ def build_untrained(
 
 def warm_start_completion(task: Task, rng: random.Random, mix: TraceMix = TraceMix()) -> str | None:
     """The solver's worked solution, or with probability `mix.search` a search trace, or with
-    probability `mix.give_up` a wrong candidate answered unchecked; then, with probability
+    probability `mix.give_up` a wrong candidate answered unchecked, or with probability
+    `mix.sum_first` a sum of every number, fixed when it misses; then, with probability
     `mix.bare`, its answer replaced by the bare target. None when the thought cannot be written
     in the notation asked for (a number above 999).
 
@@ -152,6 +154,8 @@ def warm_start_completion(task: Task, rng: random.Random, mix: TraceMix = TraceM
         )
     elif kind < mix.search + mix.give_up:
         text = search_trace(task, rng, 0, give_up=True, near=mix.near, reversed_digits=mix.reversed_digits)
+    elif kind < mix.search + mix.give_up + mix.sum_first:
+        text = sum_trace(task, reversed_digits=mix.reversed_digits)
     elif mix.reversed_digits:
         text = search_trace(task, rng, 0, reversed_digits=True)
     else:
@@ -317,6 +321,7 @@ def main(argv=None) -> None:
     parser.add_argument("--search-share", type=float, default=0.0, help="completions that are search traces")
     parser.add_argument("--max-misses", type=int, default=2, help="wrong candidates a search trace rejects, at most")
     parser.add_argument("--give-up-share", type=float, default=0.0, help="completions answering a wrong candidate")
+    parser.add_argument("--sum-share", type=float, default=0.0, help="completions that add every number first")
     parser.add_argument("--near-misses", action="store_true", help="wrong candidates differ in the last step only")
     parser.add_argument("--reversed-digits", action="store_true", help="thoughts in countdown.notation")
     parser.add_argument("--arith-steps", type=int, default=0, help="steps on single step lines first (notation)")
@@ -360,6 +365,7 @@ def main(argv=None) -> None:
         max_misses=args.max_misses,
         give_up=args.give_up_share,
         near=args.near_misses,
+        sum_first=args.sum_share,
         reversed_digits=args.reversed_digits,
     )
     max_tokens = args.max_tokens or MAX_TOKENS

@@ -13,7 +13,7 @@ from mlx_grpo.countdown.scoring import judge
 from mlx_grpo.countdown.selfcheck import _OPS
 from mlx_grpo.countdown.solver import worked_solution
 from mlx_grpo.countdown.tasks import Task
-from mlx_grpo.countdown.traces import near_misses, search_trace, solution_candidate, wrong_candidate
+from mlx_grpo.countdown.traces import near_misses, search_trace, solution_candidate, sum_trace, wrong_candidate
 
 
 def turn(*lines: str, answer: str = "(44 + 19) + 35") -> str:
@@ -123,6 +123,34 @@ def test_a_near_miss_search_tries_other_last_operations_one_line_each():
         assert selfcheck.self_checks(text, task.target) == 2 and judge(text, task.target, task.nums).correct
         # the solution's first steps once, then one last step per candidate
         assert len(selfcheck.steps(text)) == len(solution.steps) + 2 and thought.count(" != ") == 2
+
+
+def test_a_sum_trace_adds_every_number_then_subtracts_the_half_of_the_excess():
+    text = sum_trace(Task(28, (44, 19, 35)))
+    assert selfcheck.thought(text).split("\n")[1:] == [
+        "44 + 19 = 63",
+        "63 + 35 = 98",
+        "98 != 28",
+        "98 - 28 = 70",
+        "70 / 2 = 35",
+        "63 - 35 = 28",
+        "",
+    ]
+    assert text.endswith("<answer> (44 + 19) - 35 </answer>")
+    assert sum_trace(Task(98, (44, 19, 35))) == worked_solution([44, 19, 35], 98)  # the sum is the answer
+    fixed = 0
+    for task in generate_tasks(500, 13):
+        text = sum_trace(task, reversed_digits=True)
+        if text is None:
+            continue
+        verdict = judge(text, task.target, task.nums)
+        assert verdict.correct and all(step.correct for step in selfcheck.steps(text))
+        assert verdict.self_check == (sum(task.nums) != task.target)
+        by_one = any(sum(task.nums) - 2 * x == task.target for x in task.nums)
+        fixed += by_one and sum(task.nums) != task.target
+        if by_one:  # the retry is one line: the sum's steps but the last, then one subtraction
+            assert len(selfcheck.steps(text)) == len(task.nums) - 1 + 2 + (sum(task.nums) != task.target)
+    assert fixed > 50
 
 
 def test_a_trace_that_gives_up_answers_its_last_wrong_candidate_unchecked():

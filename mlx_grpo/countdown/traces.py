@@ -154,6 +154,67 @@ def search_trace(
     return render(task, tried, last, reversed_digits)
 
 
+def sum_trace(task: Task, *, reversed_digits: bool = False) -> str | None:
+    """A systematic first try: add every number; if the sum S misses the target T, reject it, compute
+    how far off it is (S - T = D, D / 2 = h) and, when h is one of the numbers, subtract it instead
+    of adding it (a retry of one line: the sum adds h last); otherwise write the solver's solution.
+
+    The try solves every task that is the sum of its numbers with at most one subtracted (37% of
+    the demo's held-out tasks: 59% of those with three numbers, 15% with four) and costs ~4 lines
+    where a guess costs 2-3. None when the task has no integer solution or (`reversed_digits`) a
+    number does not fit the notation.
+    """
+    solution = solution_candidate(task)
+    if solution is None:
+        return None
+    total = sum(task.nums)
+    half = (total - task.target) // 2 if total > task.target and (total - task.target) % 2 == 0 else None
+    order = list(task.nums)
+    if half in order:
+        order.remove(half)
+        order.append(half)
+    partial, steps = order[0], []
+    for x in order[1:]:
+        steps.append((partial, "+", x, partial + x))
+        partial += x
+    lines = list(steps)
+    if total == task.target:
+        answered = Candidate(tuple(steps), _added(order))
+    else:
+        lines.append(("!=", total, task.target))
+        if total > task.target:
+            lines.append((total, "-", task.target, total - task.target))
+            if half is not None:
+                lines.append((total - task.target, "/", 2, half))
+        if half in order:
+            before = steps[-1][0]
+            lines.append((before, "-", half, before - half))
+            answered = Candidate((*steps[:-1], (before, "-", half, before - half)), _added(order[:-1], half))
+        else:
+            lines += list(solution.steps)
+            answered = solution
+    numbers = [n for line in lines for n in line if isinstance(n, int)]
+    if reversed_digits and not notation.fits(*numbers, *task.nums, task.target):
+        return None
+    write = notation.write if reversed_digits else str
+    text = [notation.HEADER, notation.restatement([*task.nums, task.target])] if reversed_digits else []
+    for line in lines:
+        if line[0] == "!=":
+            text.append(f"{write(line[1])} != {write(line[2])}")
+        else:
+            a, op, b, v = line
+            text.append(f"{write(a)} {op} {write(b)} = {write(v)}")
+    return "<think>\n" + "\n".join(text) + "\n</think>\n<answer> " + answered.equation + " </answer>"
+
+
+def _added(numbers: list[int], minus: int | None = None) -> str:
+    """The left-deep sum of `numbers` ("(44 + 19) + 35"), minus `minus` when given."""
+    equation = str(numbers[0])
+    for x in numbers[1:]:
+        equation = f"({equation}) + {x}" if "+" in equation else f"{equation} + {x}"
+    return equation if minus is None else (f"({equation}) - {minus}" if "+" in equation else f"{equation} - {minus}")
+
+
 def _new_wrong_candidate(task: Task, tried: list[Candidate], rng: random.Random) -> Candidate | None:
     """A wrong candidate not in `tried`, or None when `_TRIES` draws found none."""
     for _ in range(_TRIES):
