@@ -7,10 +7,11 @@ against the target, then another tried) only if they earn more reward than the o
 group. For `--tasks` of the demo's held-out tasks, `--samples` completions each at every
 temperature (the training cap of `--max-tokens`), one JSON line per temperature: accuracy, the
 share and accuracy of the completions that self-check and of the rest, the share that run out of
-tokens before an answer (the format reward pays them nothing), and the share of step lines whose
-arithmetic is right. A first line, greedy: accuracy, and the share of tasks whose first candidate
-(the first n - 1 step lines, all right) ends on two operands that some operation takes to the
-target: what retrying only the last operation (`traces.near_misses`) could reach at most.
+tokens before an answer (the format reward pays them nothing), the share of step lines whose
+arithmetic is right, and pass@samples (tasks with a right completion among their samples). A
+first line, greedy: accuracy, and the share of tasks whose first candidate (the first n - 1 step
+lines, all right) ends on two operands that some operation takes to the target: what retrying
+only the last operation (`traces.near_misses`) could reach at most.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def measure(
     model, tokenizer, tasks, *, temperature: float, top_p: float, samples: int, max_tokens: int, seed: int = 0
 ) -> dict:
     counts = {"check": [0, 0], "direct": [0, 0]}  # kind -> [completions, correct]
-    unanswered, lines, right_lines = 0, 0, 0
+    unanswered, lines, right_lines, solved = 0, 0, 0, 0
     for start in range(0, len(tasks), PROMPTS_PER_BATCH):
         episodes = run_episodes(
             model,
@@ -61,6 +62,7 @@ def measure(
             sampling=SamplingOptions(max_tokens, temperature, top_p=top_p),
             seed=seed + start,
         )
+        solved += sum(any(episodes.correct[i : i + samples]) for i in range(0, len(episodes.correct), samples))
         for completion, verdict in zip(episodes.completions, episodes.verdicts):
             kind = counts["check" if verdict.self_check else "direct"]
             kind[0], kind[1] = kind[0] + 1, kind[1] + verdict.correct
@@ -73,6 +75,7 @@ def measure(
         "top_p": top_p,
         "completions": n,
         "accuracy": sum(right for _, right in counts.values()) / n,
+        f"pass@{samples}": solved / len(tasks),
         "self-check share": counts["check"][0] / n,
         "self-check accuracy": counts["check"][1] / max(counts["check"][0], 1),
         "other accuracy": counts["direct"][1] / max(counts["direct"][0], 1),
