@@ -126,13 +126,14 @@ def test_a_near_miss_search_tries_other_last_operations_one_line_each():
 
 
 def test_a_sum_trace_adds_every_number_then_subtracts_the_half_of_the_excess():
-    text = sum_trace(Task(28, (44, 19, 35)))
+    text = sum_trace(Task(28, (35, 44, 19)))
     assert selfcheck.thought(text).split("\n")[1:] == [
-        "44 + 19 = 63",
-        "63 + 35 = 98",
+        "35 + 44 = 79",
+        "79 + 19 = 98",
         "98 != 28",
         "98 - 28 = 70",
         "70 / 2 = 35",
+        "44 + 19 = 63",
         "63 - 35 = 28",
         "",
     ]
@@ -147,9 +148,9 @@ def test_a_sum_trace_adds_every_number_then_subtracts_the_half_of_the_excess():
         assert verdict.correct and all(step.correct for step in selfcheck.steps(text))
         assert verdict.self_check == (sum(task.nums) != task.target)
         by_one = any(sum(task.nums) - 2 * x == task.target for x in task.nums)
-        fixed += by_one and sum(task.nums) != task.target
-        if by_one:  # the retry is one line: the sum's steps but the last, then one subtraction
-            assert len(selfcheck.steps(text)) == len(task.nums) - 1 + 2 + (sum(task.nums) != task.target)
+        if by_one:  # the sum, the excess, its half, then the others' sum minus the half
+            fixed += 1
+            assert len(selfcheck.steps(text)) == 2 * len(task.nums)
     assert fixed > 50
 
 
