@@ -167,11 +167,11 @@ def sum_trace(task: Task, *, reversed_digits: bool = False) -> str | None:
     if solution is None:
         return None
     total = sum(task.nums)
-    lines = list(_sum_steps(task.nums))
+    lines = _sum_steps(task.nums)
     if total == task.target:
-        answered = Candidate(tuple(lines), _added(task.nums))
+        answered = Candidate(tuple(lines), _left_deep(task.nums[0], lines))
     else:
-        lines.append(("!=", total, task.target))
+        lines.append((total, "!=", task.target))
         excess = total - task.target
         half = excess // 2 if excess > 0 and excess % 2 == 0 else None
         if excess > 0:
@@ -184,22 +184,11 @@ def sum_trace(task: Task, *, reversed_digits: bool = False) -> str | None:
             kept = sum(others)
             steps = (*_sum_steps(others), (kept, "-", half, kept - half))
             lines += steps
-            answered = Candidate(steps, _added(others, half))
+            answered = Candidate(steps, _left_deep(others[0], steps))
         else:
             lines += list(solution.steps)
             answered = solution
-    numbers = [n for line in lines for n in line if isinstance(n, int)]
-    if reversed_digits and not notation.fits(*numbers, *task.nums, task.target):
-        return None
-    write = notation.write if reversed_digits else str
-    text = [notation.HEADER, notation.restatement([*task.nums, task.target])] if reversed_digits else []
-    for line in lines:
-        if line[0] == "!=":
-            text.append(f"{write(line[1])} != {write(line[2])}")
-        else:
-            a, op, b, v = line
-            text.append(f"{write(a)} {op} {write(b)} = {write(v)}")
-    return "<think>\n" + "\n".join(text) + "\n</think>\n<answer> " + answered.equation + " </answer>"
+    return _completion(task, lines, answered.equation, reversed_digits)
 
 
 def _sum_steps(numbers) -> list[tuple[int, str, int, int]]:
@@ -211,12 +200,13 @@ def _sum_steps(numbers) -> list[tuple[int, str, int, int]]:
     return steps
 
 
-def _added(numbers: list[int], minus: int | None = None) -> str:
-    """The left-deep sum of `numbers` ("(44 + 19) + 35"), minus `minus` when given."""
-    equation = str(numbers[0])
-    for x in numbers[1:]:
-        equation = f"({equation}) + {x}" if "+" in equation else f"{equation} + {x}"
-    return equation if minus is None else (f"({equation}) - {minus}" if "+" in equation else f"{equation} - {minus}")
+def _left_deep(first: int, steps) -> str:
+    """The equation of `steps` that each apply an operation to the value before, from `first`:
+    "(44 + 19) - 35"."""
+    equation = str(first)
+    for _, op, b, _ in steps:
+        equation = f"({equation}) {op} {b}" if " " in equation else f"{equation} {op} {b}"
+    return equation
 
 
 def _new_wrong_candidate(task: Task, tried: list[Candidate], rng: random.Random) -> Candidate | None:
@@ -237,16 +227,29 @@ def render(task: Task, rejected: list[Candidate], answered: Candidate, reversed_
     A reversed thought first restates the task's numbers and target in the notation
     (`notation.restatement`), so that each step copies its operands from the line above instead of
     reversing them out of the prompt."""
-    numbers = [n for c in (*rejected, answered) for a, _, b, v in c.steps for n in (a, b, v)]
+    lines, written = [], ()  # written: the steps of the candidate before, a common beginning not repeated
+    for candidate in (*rejected, answered):
+        shared = next((i for i, pair in enumerate(zip(written, candidate.steps)) if pair[0] != pair[1]), len(written))
+        lines += candidate.steps[shared:]
+        written = candidate.steps
+        if candidate is not answered:
+            lines.append((candidate.value, "!=", task.target))
+    return _completion(task, lines, answered.equation, reversed_digits)
+
+
+def _completion(task: Task, lines, equation: str, reversed_digits: bool) -> str | None:
+    """The completion whose thought is `lines`, steps (a, op, b, v) and rejections (v, "!=", T),
+    and whose answer is `equation`; None when (`reversed_digits`) a number does not fit the notation."""
+    numbers = [n for line in lines for n in line if isinstance(n, int)]
     if reversed_digits and not notation.fits(*numbers, *task.nums, task.target):
         return None
     write = notation.write if reversed_digits else str
-    lines = [notation.HEADER, notation.restatement([*task.nums, task.target])] if reversed_digits else []
-    written = ()  # the steps of the candidate before: a common beginning is not written again
-    for candidate in (*rejected, answered):
-        shared = next((i for i, pair in enumerate(zip(written, candidate.steps)) if pair[0] != pair[1]), len(written))
-        lines += [f"{write(a)} {op} {write(b)} = {write(v)}" for a, op, b, v in candidate.steps[shared:]]
-        written = candidate.steps
-        if candidate is not answered:
-            lines.append(f"{write(candidate.value)} != {write(task.target)}")
-    return "<think>\n" + "\n".join(lines) + "\n</think>\n<answer> " + answered.equation + " </answer>"
+    text = [notation.HEADER, notation.restatement([*task.nums, task.target])] if reversed_digits else []
+    for line in lines:
+        if len(line) == 3:
+            value, _, target = line
+            text.append(f"{write(value)} != {write(target)}")
+        else:
+            a, op, b, v = line
+            text.append(f"{write(a)} {op} {write(b)} = {write(v)}")
+    return "<think>\n" + "\n".join(text) + "\n</think>\n<answer> " + equation + " </answer>"
