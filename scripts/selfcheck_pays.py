@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from fractions import Fraction
 
 import mlx_lm
 
 from mlx_grpo.countdown import selfcheck
+from mlx_grpo.countdown.solver import reaches
 from mlx_grpo.demo import EVAL_SEED, MAX_TOKENS, held_out_tasks
 from mlx_grpo.episodes import run_episodes
 from mlx_grpo.sampling import SamplingOptions
@@ -40,11 +40,7 @@ def last_step_ceiling(model, tokenizer, tasks, max_tokens: int) -> dict:
     for sample in samples:
         first = selfcheck.steps(sample["completion"])[: len(sample["nums"]) - 1]
         if len(first) == len(sample["nums"]) - 1 and all(step.correct for step in first):
-            a, b = first[-1].left, first[-1].right
-            values = (
-                {a + b, a - b, b - a, a * b} | ({Fraction(a, b)} if b else set()) | ({Fraction(b, a)} if a else set())
-            )
-            reachable += sample["target"] in values
+            reachable += reaches((first[-1].left, first[-1].right), sample["target"])
     return {"greedy accuracy": accuracy, "last step reaches the target": reachable / len(tasks)}
 
 
