@@ -169,33 +169,41 @@ def warm_start_completion(task: Task, rng: random.Random, mix: TraceMix = TraceM
     return text
 
 
-_RESULT = re.compile(r"((?<= = )\d+)")  # the result of a step line "a op b = v" (not of "v != T")
+# The result of a step line "a op b = v" (not of "v != T"), and the answer's equation.
+_WEIGHTED = re.compile(r"(?<= = )(?P<result>\d+)|(?<=<answer> )(?P<answer>[^<]+?)(?= </answer>)")
 
 
 def encode_example(
-    tokenizer, task: Task, completion: str, stop_id: int, result_weight: float = 1.0
+    tokenizer, task: Task, completion: str, stop_id: int, result_weight: float = 1.0, answer_weight: float = 1.0
 ) -> tuple[list[int], list[float]]:
     """Prompt + completion + stop token as ids, and a loss weight per id: 0 on the prompt,
-    `result_weight` on the digits of step-line results, 1 elsewhere.
+    `result_weight` on the digits of step-line results, `answer_weight` on the answer's equation,
+    1 elsewhere (the completion encoded whole, each token weighted by where its characters are).
 
-    The completion is encoded piece by piece, cut around each result; the tokenizer splits digits
-    one per token, so this gives the ids of encoding it whole."""
+    A token that straddles the edge of a weighted span (" (" before an answer) takes its weight."""
     prompt = build_prompt(tokenizer, task)
     prompt_ids = tokenizer.encode(prompt.text, add_special_tokens=False)
-    ids, weights = list(prompt_ids), [0.0] * len(prompt_ids)
-    for i, piece in enumerate(_RESULT.split(completion)):  # odd pieces are results
-        piece_ids = tokenizer.encode(piece, add_special_tokens=False)
-        ids += piece_ids
-        weights += [result_weight if i % 2 else 1.0] * len(piece_ids)
-    return ids + [stop_id], weights + [1.0]
+    encoding = tokenizer.backend_tokenizer.encode(completion, add_special_tokens=False)
+    spans = [
+        (m.start(), m.end(), result_weight if m.lastgroup == "result" else answer_weight)
+        for m in _WEIGHTED.finditer(completion)
+    ]
+    weights = [next((w for a, b, w in spans if start < b and end > a), 1.0) for start, end in encoding.offsets]
+    return [*prompt_ids, *encoding.ids, stop_id], [0.0] * len(prompt_ids) + weights + [1.0]
 
 
 def make_batch(
-    tokenizer, pairs: list[tuple[Task, str]], stop_id: int, pad_id: int, result_weight: float = 1.0
+    tokenizer,
+    pairs: list[tuple[Task, str]],
+    stop_id: int,
+    pad_id: int,
+    result_weight: float = 1.0,
+    answer_weight: float = 1.0,
 ) -> tuple[mx.array, mx.array]:
     """Right-padded ids `[B, L]` and loss weights `[B, L-1]`: 0 on the prompt and padding, 1 on the
-    completion, `result_weight` on step-line results (`encode_example`)."""
-    examples = [encode_example(tokenizer, t, c, stop_id, result_weight) for t, c in pairs]
+    completion, `result_weight` on step-line results, `answer_weight` on the answer's equation
+    (`encode_example`)."""
+    examples = [encode_example(tokenizer, t, c, stop_id, result_weight, answer_weight) for t, c in pairs]
     width = max(len(ids) for ids, _ in examples)
     ids = np.full((len(examples), width), pad_id, dtype=np.int32)
     mask = np.zeros((len(examples), width - 1), dtype=np.float32)
@@ -248,6 +256,7 @@ def supervised_warm_start(
     mix: TraceMix = TraceMix(),
     cooldown: int = 0,
     result_weight: float = 1.0,
+    answer_weight: float = 1.0,
     log_every: int = 25,
     probe=None,
 ) -> list[dict]:
@@ -263,7 +272,7 @@ def supervised_warm_start(
     batches = example_batches(batch_size, seed, exclude, mix)
     log, start, cpu_start, running = [], time.time(), time.process_time(), []
     for step in range(1, steps + 1):
-        ids, mask = make_batch(tokenizer, next(batches), stop_id, pad_id, result_weight)
+        ids, mask = make_batch(tokenizer, next(batches), stop_id, pad_id, result_weight, answer_weight)
         loss, grads = loss_and_grad(model, ids, mask)
         grads, _ = optim.clip_grad_norm(grads, 1.0)
         optimizer.update(model, grads)
@@ -332,6 +341,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--result-weight", type=float, default=1.0, help="loss weight of step-line results (other tokens: 1)"
     )
+    parser.add_argument("--answer-weight", type=float, default=1.0, help="loss weight of the answer's equation")
     parser.add_argument("--embed-std", type=float, default=None, help="std of the embedding at init (default 0.02)")
     parser.add_argument("--max-tokens", type=int, default=None, help="evaluation budget (default: the demo's)")
     parser.add_argument("--rope-theta", type=float, default=10_000.0)
@@ -427,6 +437,7 @@ def main(argv=None) -> None:
         warmup=args.warmup,
         cooldown=args.cooldown,
         result_weight=args.result_weight,
+        answer_weight=args.answer_weight,
         seed=args.seed,
         exclude=exclude,
         mix=mix,

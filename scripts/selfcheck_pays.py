@@ -12,6 +12,15 @@ arithmetic is right, and pass@samples (tasks with a right completion among their
 first line, greedy: accuracy, and the share of tasks whose first candidate (the first n - 1 step
 lines, all right) ends on two operands that some operation takes to the target: what retrying
 only the last operation (`traces.near_misses`) could reach at most.
+
+The same lines for the completions whose thought begins with the sum of the task's numbers in
+their order (`traces.sum_trace`): their share and accuracy against the rest, and the paired gap
+(the mean over tasks sampled both ways of the sum tries' accuracy minus the others'). The model
+chooses to begin with the sum before it has seen a candidate fail, so this gap, unlike the
+self-check one, compares the two behaviours on the same tasks: it is what GRPO's group advantage
+rewards. On the tasks the try can fix (the sum minus twice one of the numbers is the target), the
+share of sum tries that get each stage right: the sum, the excess S - T, its half h (a number of
+the task), the retry (S - h, then that minus h), the answer.
 """
 
 from __future__ import annotations
@@ -28,6 +37,38 @@ from mlx_grpo.episodes import run_episodes
 from mlx_grpo.sampling import SamplingOptions
 
 PROMPTS_PER_BATCH = 16
+SUM_STAGES = ("sum", "excess", "half", "retry", "answer")
+
+
+def begins_with_sum(steps, nums) -> bool:
+    """Whether the first len(nums) - 1 step lines add the task's numbers in their order."""
+    first = steps[: len(nums) - 1]
+    return (
+        len(first) == len(nums) - 1
+        and all(step.op == "+" for step in first)
+        and [first[0].left, *(step.right for step in first)] == list(nums)
+    )
+
+
+def sum_try_stage(steps, nums, target: int, correct: bool) -> int:
+    """How many of SUM_STAGES a sum try on a fixable task got right, in order."""
+    k, total = len(nums) - 1, sum(nums)
+    if not all(step.correct for step in steps[:k]):
+        return 0
+    rest = steps[k:]
+    if not (rest and (rest[0].left, rest[0].op, rest[0].right) == (total, "-", target) and rest[0].correct):
+        return 1
+    half = rest[0].result // 2
+    if not (
+        len(rest) > 1 and (rest[1].left, rest[1].op, rest[1].right, rest[1].result) == (rest[0].result, "/", 2, half)
+    ):
+        return 2
+    if half not in nums:
+        return 2
+    retry = [(s.left, s.op, s.right, s.result) for s in rest[2:4]]
+    if retry != [(total, "-", half, total - half), (total - half, "-", half, target)]:
+        return 3
+    return 4 + correct
 
 
 def last_step_ceiling(model, tokenizer, tasks, max_tokens: int) -> dict:
@@ -48,6 +89,8 @@ def measure(
     model, tokenizer, tasks, *, temperature: float, top_p: float, samples: int, max_tokens: int, seed: int = 0
 ) -> dict:
     counts = {"check": [0, 0], "direct": [0, 0]}  # kind -> [completions, correct]
+    by_start = {True: [0, 0], False: [0, 0]}  # begins with the sum -> [completions, correct]
+    gaps, stages = [], [0] * (len(SUM_STAGES) + 1)  # paired gaps; sum tries on fixable tasks by stage
     unanswered, lines, right_lines, solved = 0, 0, 0, 0
     for start in range(0, len(tasks), PROMPTS_PER_BATCH):
         episodes = run_episodes(
@@ -59,12 +102,25 @@ def measure(
             seed=seed + start,
         )
         solved += sum(any(episodes.correct[i : i + samples]) for i in range(0, len(episodes.correct), samples))
-        for completion, verdict in zip(episodes.completions, episodes.verdicts):
-            kind = counts["check" if verdict.self_check else "direct"]
-            kind[0], kind[1] = kind[0] + 1, kind[1] + verdict.correct
-            unanswered += "</answer>" not in completion
-            steps = selfcheck.steps(completion)
-            lines, right_lines = lines + len(steps), right_lines + sum(s.correct for s in steps)
+        for i, task in enumerate(tasks[start : start + PROMPTS_PER_BATCH]):
+            group = {True: [], False: []}
+            fixable = sum(task.nums) != task.target and any(sum(task.nums) - 2 * n == task.target for n in task.nums)
+            for j in range(i * samples, (i + 1) * samples):
+                completion, verdict = episodes.completions[j], episodes.verdicts[j]
+                kind = counts["check" if verdict.self_check else "direct"]
+                kind[0], kind[1] = kind[0] + 1, kind[1] + verdict.correct
+                unanswered += "</answer>" not in completion
+                steps = selfcheck.steps(completion)
+                lines, right_lines = lines + len(steps), right_lines + sum(s.correct for s in steps)
+                summed = begins_with_sum(steps, task.nums)
+                group[summed].append(verdict.correct)
+                if summed and fixable:
+                    stages[sum_try_stage(steps, task.nums, task.target, verdict.correct)] += 1
+            if group[True] and group[False]:
+                gaps.append(sum(group[True]) / len(group[True]) - sum(group[False]) / len(group[False]))
+            for summed, results in group.items():
+                by_start[summed][0] += len(results)
+                by_start[summed][1] += sum(results)
     n = sum(total for total, _ in counts.values())
     return {
         "temperature": temperature,
@@ -75,6 +131,13 @@ def measure(
         "self-check share": counts["check"][0] / n,
         "self-check accuracy": counts["check"][1] / max(counts["check"][0], 1),
         "other accuracy": counts["direct"][1] / max(counts["direct"][0], 1),
+        "sum-first share": by_start[True][0] / n,
+        "sum-first accuracy": by_start[True][1] / max(by_start[True][0], 1),
+        "not-sum accuracy": by_start[False][1] / max(by_start[False][0], 1),
+        "paired gap": sum(gaps) / max(len(gaps), 1),
+        "paired tasks": len(gaps),
+        "fixable sum tries": sum(stages),
+        **{f"stage {name} right": sum(stages[k + 1 :]) / max(sum(stages), 1) for k, name in enumerate(SUM_STAGES)},
         "no answer": unanswered / n,
         "step lines right": right_lines / max(lines, 1),
     }

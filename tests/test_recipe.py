@@ -69,7 +69,7 @@ def test_a_latent_search_mix_in_reversed_digits_writes_its_shares_of_each_kind()
     assert abs(searched - mix.search) < 0.035 and abs(gave_up - mix.give_up) < 0.045  # 4 standard errors
 
 
-def test_result_weight_falls_on_the_digits_of_step_results_and_the_ids_are_the_whole_encoding():
+def test_loss_weights_fall_on_step_results_and_the_answer_and_the_ids_are_the_whole_encoding():
     import mlx_lm
 
     from mlx_grpo.countdown.prompts import build_prompt
@@ -77,18 +77,21 @@ def test_result_weight_falls_on_the_digits_of_step_results_and_the_ids_are_the_w
 
     _, tokenizer = mlx_lm.load(str(BUNDLED_MODEL))
     rng = random.Random(0)
-    mix = recipe.TraceMix(bare=0.0, search=0.5, give_up=0.2, max_misses=2, reversed_digits=True)
+    mix = recipe.TraceMix(bare=0.0, search=0.4, give_up=0.2, sum_first=0.3, max_misses=2, reversed_digits=True)
     stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     for task in TASKS[:200]:
         completion = recipe.warm_start_completion(task, rng, mix)
         if completion is None:
             continue
-        ids, weights = recipe.encode_example(tokenizer, task, completion, stop_id, result_weight=7.0)
+        ids, weights = recipe.encode_example(tokenizer, task, completion, stop_id, result_weight=7.0, answer_weight=3.0)
         prompt = tokenizer.encode(build_prompt(tokenizer, task).text, add_special_tokens=False)
         assert ids == prompt + tokenizer.encode(completion, add_special_tokens=False) + [stop_id]
-        assert weights[: len(prompt)] == [0.0] * len(prompt) and set(weights[len(prompt) :]) == {1.0, 7.0}
+        assert weights[: len(prompt)] == [0.0] * len(prompt) and set(weights[len(prompt) :]) == {1.0, 3.0, 7.0}
         results = [notation.write(step.result) for step in selfcheck.steps(completion)]  # rejections excluded
         assert tokenizer.decode([i for i, w in zip(ids, weights) if w == 7.0]) == "".join(results)
+        answer = completion[completion.index("<answer> ") + 9 : completion.index(" </answer>")]
+        weighted = tokenizer.decode([i for i, w in zip(ids, weights) if w == 3.0])  # with tokens merged into its edges
+        assert answer in weighted and weighted in completion[completion.index("</think>") + 8 :]
 
 
 def test_recipe_is_reproducible_from_its_seed(tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -125,7 +127,7 @@ def test_a_near_miss_search_tries_other_last_operations_one_line_each():
         assert len(selfcheck.steps(text)) == len(solution.steps) + 2 and thought.count(" != ") == 2
 
 
-def test_a_sum_trace_adds_every_number_then_subtracts_the_half_of_the_excess():
+def test_a_sum_trace_adds_every_number_then_subtracts_the_half_of_the_excess_twice():
     text = sum_trace(Task(28, (35, 44, 19)))
     assert selfcheck.thought(text).split("\n")[1:] == [
         "35 + 44 = 79",
@@ -133,11 +135,12 @@ def test_a_sum_trace_adds_every_number_then_subtracts_the_half_of_the_excess():
         "98 != 28",
         "98 - 28 = 70",
         "70 / 2 = 35",
-        "44 + 19 = 63",
+        "98 - 35 = 63",
         "63 - 35 = 28",
         "",
     ]
-    assert text.endswith("<answer> (44 + 19) - 35 </answer>")
+    assert text.endswith("<answer> 44 + 19 - 35 </answer>")  # a first number to subtract goes last
+    assert sum_trace(Task(76, (35, 44, 19, 16))).endswith("<answer> 35 + 44 - 19 + 16 </answer>")
     assert sum_trace(Task(98, (44, 19, 35))) == worked_solution([44, 19, 35], 98)  # the sum is the answer
     fixed = 0
     for task in generate_tasks(500, 13):
@@ -148,9 +151,9 @@ def test_a_sum_trace_adds_every_number_then_subtracts_the_half_of_the_excess():
         assert verdict.correct and all(step.correct for step in selfcheck.steps(text))
         assert verdict.self_check == (sum(task.nums) != task.target)
         by_one = any(sum(task.nums) - 2 * x == task.target for x in task.nums)
-        if by_one:  # the sum, the excess, its half, then the others' sum minus the half
+        if by_one:  # the sum, the excess, its half, then the sum minus the half twice
             fixed += 1
-            assert len(selfcheck.steps(text)) == 2 * len(task.nums)
+            assert len(selfcheck.steps(text)) == len(task.nums) + 3
     assert fixed > 50
 
 
@@ -224,3 +227,18 @@ def test_step_metrics_report_the_self_check_rate():
     )
     times = {"generate": 1.0, "score": 0.0, "update": 0.0, "step": 1.0}
     assert step_metrics(1, rows, 2, result, times, lr=1e-4, memory={})["self_check_rate"] == 0.25
+
+
+def test_sum_try_stages_count_how_far_a_sum_try_got_right():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from selfcheck_pays import SUM_STAGES, begins_with_sum, sum_try_stage
+
+    task = Task(28, (35, 44, 19))
+    steps = selfcheck.steps(sum_trace(task, reversed_digits=True))
+    assert begins_with_sum(steps, task.nums) and not begins_with_sum(steps, (44, 35, 19))
+    assert sum_try_stage(steps, task.nums, task.target, correct=True) == len(SUM_STAGES)
+    assert sum_try_stage(steps, task.nums, task.target, correct=False) == len(SUM_STAGES) - 1
+    for k, expected in ((0, 0), (1, 0), (2, 1), (3, 2), (4, 3), (5, 3)):  # the first wrong line ends the count
+        wrong = [selfcheck.Step(s.left, s.op, s.right, s.result + (i == k)) for i, s in enumerate(steps)]
+        assert sum_try_stage(wrong, task.nums, task.target, correct=False) == expected, k
+    assert sum_try_stage(steps[:3], task.nums, task.target, correct=False) == 2  # stopped after the excess
