@@ -21,7 +21,7 @@ traces (`countdown.traces`: 1..`--max-misses` wrong candidates, each computed an
 the target, then the solution), the rare self-checking behaviour GRPO could amplify;
 `--bare-share 0` drops the bare answers; `--near-misses` makes the wrong candidates the solution
 with another last operation; `--sum-share S` adds a share of `traces.sum_trace` tries;
-`--result-weight W` weighs the loss on step-line results W times; `--init-from DIR` trains DIR's
+`--result-weight W` weighs the loss on step-line results W times (`--answer-weight` the answer's equation); `--init-from DIR` trains DIR's
 model further instead of a new one; `--probe-tasks N` logs greedy accuracy, self-check rate and the share of wrong step lines
 (`selfcheck.steps`) on N held-out tasks at each log line.
 
