@@ -21,9 +21,10 @@ traces (`countdown.traces`: 1..`--max-misses` wrong candidates, each computed an
 the target, then the solution), the rare self-checking behaviour GRPO could amplify;
 `--bare-share 0` drops the bare answers; `--near-misses` makes the wrong candidates the solution
 with another last operation; `--sum-share S` adds a share of `traces.sum_trace` tries;
-`--result-weight W` weighs the loss on step-line results W times (`--answer-weight` the answer's equation); `--init-from DIR` trains DIR's
-model further instead of a new one; `--probe-tasks N` logs greedy accuracy, self-check rate and the share of wrong step lines
-(`selfcheck.steps`) on N held-out tasks at each log line.
+`--result-weight W` weighs the loss on step-line results W times (`--answer-weight` the answer's
+equation); `--init-from DIR` trains DIR's model further instead of a new one; `--probe-tasks N`
+logs greedy accuracy, self-check rate and the share of wrong step lines (`selfcheck.steps`) on N
+held-out tasks at each log line.
 
 Tasks come from `generator.generate_tasks` with seeds from SFT_SEED_BASE up, disjoint from the
 demo's evaluation seed, and any task of the demo's held-out set is skipped. No row of

@@ -55,19 +55,18 @@ def sum_try_stage(steps, nums, target: int, correct: bool) -> int:
     k, total = len(nums) - 1, sum(nums)
     if not all(step.correct for step in steps[:k]):
         return 0
-    rest = steps[k:]
-    if not (rest and (rest[0].left, rest[0].op, rest[0].right) == (total, "-", target) and rest[0].correct):
-        return 1
-    half = rest[0].result // 2
-    if not (
-        len(rest) > 1 and (rest[1].left, rest[1].op, rest[1].right, rest[1].result) == (rest[0].result, "/", 2, half)
-    ):
-        return 2
-    if half not in nums:
-        return 2
-    retry = [(s.left, s.op, s.right, s.result) for s in rest[2:4]]
-    if retry != [(total, "-", half, total - half), (total - half, "-", half, target)]:
-        return 3
+    excess = total - target
+    half = excess // 2
+    expected = [
+        selfcheck.Step(total, "-", target, excess),
+        selfcheck.Step(excess, "/", 2, half),
+        selfcheck.Step(total, "-", half, total - half),
+        selfcheck.Step(total - half, "-", half, target),
+    ]
+    rest = list(steps[k : k + len(expected)])
+    for stage, lines in enumerate((1, 2, 4), start=1):  # the excess, its half, the retry's two lines
+        if rest[:lines] != expected[:lines]:
+            return stage
     return 4 + correct
 
 
@@ -101,7 +100,6 @@ def measure(
             sampling=SamplingOptions(max_tokens, temperature, top_p=top_p),
             seed=seed + start,
         )
-        solved += sum(any(episodes.correct[i : i + samples]) for i in range(0, len(episodes.correct), samples))
         for i, task in enumerate(tasks[start : start + PROMPTS_PER_BATCH]):
             group = {True: [], False: []}
             fixable = sum(task.nums) != task.target and any(sum(task.nums) - 2 * n == task.target for n in task.nums)
@@ -116,6 +114,7 @@ def measure(
                 group[summed].append(verdict.correct)
                 if summed and fixable:
                     stages[sum_try_stage(steps, task.nums, task.target, verdict.correct)] += 1
+            solved += any(group[True] + group[False])
             if group[True] and group[False]:
                 gaps.append(sum(group[True]) / len(group[True]) - sum(group[False]) / len(group[False]))
             for summed, results in group.items():
