@@ -314,7 +314,7 @@ def _step_error_rate(samples: list[dict]) -> float:
     return sum(not step.correct for step in lines) / max(len(lines), 1)
 
 
-def main(argv=None) -> None:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="weights/countdown-tiny")
     parser.add_argument("--seed", type=int, default=0)
@@ -354,7 +354,32 @@ def main(argv=None) -> None:
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--init-from", default=None, help="train this model further instead of a new one")
     parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def trace_mix(args: argparse.Namespace) -> TraceMix:
+    """The completions' mix the command line asks for."""
+    return TraceMix(
+        bare=args.bare_share,
+        search=args.search_share,
+        max_misses=args.max_misses,
+        give_up=args.give_up_share,
+        near=args.near_misses,
+        sum_first=args.sum_share,
+        reversed_digits=args.reversed_digits,
+    )
+
+
+def mix_arguments(mix: TraceMix) -> list[str]:
+    """The command-line arguments that ask for `mix` (`trace_mix` reads them back)."""
+    flags = ["--near-misses"] * mix.near + ["--reversed-digits"] * mix.reversed_digits
+    shares = {"--bare-share": mix.bare, "--search-share": mix.search, "--give-up-share": mix.give_up}
+    shares |= {"--sum-share": mix.sum_first, "--max-misses": mix.max_misses}
+    return [*flags, *(str(part) for item in shares.items() for part in item)]
+
+
+def main(argv=None) -> None:
+    args = argument_parser().parse_args(argv)
 
     import mlx_lm
 
@@ -372,15 +397,7 @@ def main(argv=None) -> None:
         num_attention_heads=args.heads,
         num_key_value_heads=args.kv_heads,
     )
-    mix = TraceMix(
-        bare=args.bare_share,
-        search=args.search_share,
-        max_misses=args.max_misses,
-        give_up=args.give_up_share,
-        near=args.near_misses,
-        sum_first=args.sum_share,
-        reversed_digits=args.reversed_digits,
-    )
+    mix = trace_mix(args)
     max_tokens = args.max_tokens or MAX_TOKENS
     start = time.time()
     if args.init_from:  # a second stage: the given model's tokenizer and weights, trained on

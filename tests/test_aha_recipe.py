@@ -1,0 +1,42 @@
+"""scripts/aha_recipe.py: its stages ask build_tiny_model.py for the mixes they name, and run end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import mlx_lm
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import aha_recipe  # noqa: E402
+import build_tiny_model  # noqa: E402
+
+
+@pytest.mark.parametrize("mix", [aha_recipe.SUM_MIX, aha_recipe.LATENT_MIX, build_tiny_model.TraceMix()])
+def test_a_mix_survives_the_command_line(mix):
+    args = build_tiny_model.argument_parser().parse_args(build_tiny_model.mix_arguments(mix))
+    assert build_tiny_model.trace_mix(args) == mix
+
+
+@pytest.mark.slow
+def test_the_recipe_runs_every_stage_in_order_and_leaves_a_loadable_model(tmp_path, capsys):
+    out = tmp_path / "aha"
+    aha_recipe.main(["--out", str(out), "--steps-scale", "0.005", "--probe-tasks", "0", "--eval-tasks", "4"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    stages = [line for line in lines if "stage" in line]
+    assert [s["stage"] for s in stages] == list(aha_recipe.STAGES)
+    previous = None
+    for stage, (name, (mix, _, _)) in zip(stages, aha_recipe.STAGES.items()):
+        parsed = build_tiny_model.argument_parser().parse_args(stage["argv"])
+        assert build_tiny_model.trace_mix(parsed) == mix
+        assert (parsed.init_from and Path(parsed.init_from).name) == previous  # each continues the one before
+        previous = name
+    assert (
+        json.loads((tmp_path / "aha-stages" / "recipe.json").read_text())["wall_s"].keys() == aha_recipe.STAGES.keys()
+    )
+    model, tokenizer = mlx_lm.load(str(out))
+    assert tokenizer.encode("440 + 910 = 360", add_special_tokens=False)
+    with pytest.raises(SystemExit, match="exists"):  # a second run never replaces the first
+        aha_recipe.main(["--out", str(out)])
