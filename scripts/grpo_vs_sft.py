@@ -4,15 +4,15 @@
     python scripts/grpo_vs_sft.py run --seed 0 --arm sft --budget-s 400 &     # side by side
     python scripts/grpo_vs_sft.py summarize                                   # table + PNG
 
-Both arms start from `weights/countdown-tiny` and stop after `--budget-s` seconds of training time;
+Both arms start from `--model` (default `weights/countdown-tiny`) and stop after `--budget-s` seconds of training time;
 run a seed's two arms at once (one BLAS thread each) so that they share the machine's load.
 
 - grpo: the demo's run (`weights/countdown-tiny/mlx_grpo.yaml`, LoRA); training time is the sum of
   its steps' `time/step` (sampling, scoring, update).
 - sft: the recipe's supervised training, continued: full weights, the recipe's learning rate and
-  batch, on fresh generated tasks with the recipe's completions (`build_tiny_model.TraceMix()`:
-  worked solutions, searches, give-ups, as the bundled model was trained); training time is the
-  wall time of its steps.
+  batch, on fresh generated tasks with the recipe's completions (`--sft-mix recipe`:
+  `build_tiny_model.TraceMix()`, as the shipped model was trained; `latent` and `sum`: the last
+  and the middle stage of `aha_recipe.py`); training time is the wall time of its steps.
 
 Every `--eval-every-s` seconds of training time each arm scores greedy accuracy, completion length
 and self-check rate on `--eval-tasks` of the demo's held-out tasks (off the clock); at the end it
@@ -31,11 +31,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
+import aha_recipe  # noqa: E402
 import build_tiny_model as recipe  # noqa: E402
 
-from mlx_grpo.demo import EVAL_SEED, DemoOptions, eval_sets, held_out_tasks, train_config  # noqa: E402
+from mlx_grpo.demo import BUNDLED_MODEL, EVAL_SEED, DemoOptions, eval_sets, held_out_tasks, train_config  # noqa: E402
 
 RESULTS = REPO / "scripts" / "results" / "grpo_vs_sft"
+# --sft-mix: the completions the supervised arm trains on
+SFT_MIXES = {"recipe": recipe.TraceMix(), "latent": aha_recipe.LATENT_MIX, "sum": aha_recipe.SUM_MIX}
 FIGURES = ("accuracy", "completion_length", "self_check_rate", "equation_rate")
 
 
@@ -99,19 +102,17 @@ def run_grpo(curve: Curve, config) -> tuple:
     return training.model, training.tokenizer
 
 
-def run_sft(curve: Curve, config, seed: int, lr: float, batch_size: int) -> tuple:
+def run_sft(curve: Curve, config, seed: int, lr: float, batch_size: int, mix: recipe.TraceMix) -> tuple:
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
     import mlx_lm
 
-    from mlx_grpo.demo import BUNDLED_MODEL
-
-    model, tokenizer = mlx_lm.load(str(BUNDLED_MODEL))
+    model, tokenizer = mlx_lm.load(config.model)
     stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     # fresh tasks: a seed stream of its own, never the demo's held-out tasks
-    batches = recipe.example_batches(batch_size, 10_000 + seed, set(held_out_tasks(EVAL_SEED)), recipe.TraceMix())
+    batches = recipe.example_batches(batch_size, 10_000 + seed, set(held_out_tasks(EVAL_SEED)), mix)
     optimizer = optim.AdamW(learning_rate=lr, weight_decay=0.0)
     loss_and_grad = nn.value_and_grad(model, recipe.completion_loss)
     mx.random.seed(seed)
@@ -130,20 +131,24 @@ def run_sft(curve: Curve, config, seed: int, lr: float, batch_size: int) -> tupl
 
 def run_arm(args) -> None:
     with tempfile.TemporaryDirectory() as out:
-        config = train_config(DemoOptions(output_dir=out, seed=args.seed, max_steps=10**6)).replace(
-            eval_every=0, save_every=10**6, log_completions_every=10**6
-        )
+        options = DemoOptions(model=args.model, output_dir=out, seed=args.seed, max_steps=10**6)
+        config = train_config(options).replace(eval_every=0, save_every=10**6, log_completions_every=10**6)
         tasks = held_out_tasks(n=args.eval_tasks)
-        label = args.arm if args.arm == "grpo" or args.lr == recipe.DEFAULT_LR else f"sft lr {args.lr:g}"
-        path = RESULTS / f"seed{args.seed}-{label.replace(' ', '-')}.json"
+        label = args.arm
+        if args.arm == "sft":
+            label += f" {args.sft_mix}" * (args.sft_mix != "recipe") + f" lr {args.lr:g}" * (
+                args.lr != recipe.DEFAULT_LR
+            )
+        path = args.results / f"seed{args.seed}-{label.replace(' ', '-')}.json"
         curve = Curve(label, args.seed, args.budget_s, args.eval_every_s, tasks, path)
         if args.arm == "grpo":
             model, tokenizer = run_grpo(curve, config)
         else:
-            model, tokenizer = run_sft(curve, config, args.seed, args.lr, args.batch_size)
+            model, tokenizer = run_sft(curve, config, args.seed, args.lr, args.batch_size, SFT_MIXES[args.sft_mix])
         final_sets = eval_sets(DemoOptions(quick=args.quick))
         final = {name: scores(model, tokenizer, t, config) for name, t in final_sets.items()}
-        curve.save(final=final, sft={"lr": args.lr, "batch_size": args.batch_size} if args.arm == "sft" else None)
+        sft = {"lr": args.lr, "batch_size": args.batch_size, "mix": args.sft_mix} if args.arm == "sft" else None
+        curve.save(final=final, model=args.model, sft=sft)
         print(json.dumps(final), flush=True)
 
 
@@ -209,15 +214,19 @@ def main() -> None:
     one.add_argument("--quick", action="store_true", help="final scores on 16 tasks a set (a smoke run)")
     one.add_argument("--lr", type=float, default=recipe.DEFAULT_LR, help="sft: the recipe's learning rate")
     one.add_argument("--batch-size", type=int, default=recipe.DEFAULT_BATCH, help="sft: the recipe's batch")
-    sub.add_parser("summarize")
+    one.add_argument("--sft-mix", choices=SFT_MIXES, default="recipe", help="sft: the completions it trains on")
+    one.add_argument("--model", default=str(BUNDLED_MODEL), help="the checkpoint both arms start from")
+    summary = sub.add_parser("summarize")
+    for command in (one, summary):
+        command.add_argument("--results", type=Path, default=RESULTS, help="folder of the runs' JSON files")
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     if args.command == "run":
         run_arm(args)
     else:
-        table = summarize(RESULTS)
-        (RESULTS / "summary.md").write_text(table)
-        plot(RESULTS, RESULTS / "curves.png")
+        table = summarize(args.results)
+        (args.results / "summary.md").write_text(table)
+        plot(args.results, args.results / "curves.png")
         print(table)
 
 
