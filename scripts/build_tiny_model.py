@@ -318,6 +318,7 @@ def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="weights/countdown-tiny")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-seed", type=int, default=None, help="seed of the training tasks (default: --seed)")
     parser.add_argument("--sft-steps", type=int, default=6000)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     parser.add_argument("--lr", type=float, default=DEFAULT_LR)
@@ -456,7 +457,7 @@ def main(argv=None) -> None:
         cooldown=args.cooldown,
         result_weight=args.result_weight,
         answer_weight=args.answer_weight,
-        seed=args.seed,
+        seed=args.seed if args.data_seed is None else args.data_seed,
         exclude=exclude,
         mix=mix,
         log_every=args.log_every,

@@ -27,12 +27,14 @@ def test_the_recipe_runs_every_stage_in_order_and_leaves_a_loadable_model(tmp_pa
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     stages = [line for line in lines if "stage" in line]
     assert [s["stage"] for s in stages] == list(aha_recipe.STAGES)
-    previous = None
+    previous, data_seeds = aha_recipe.BUNDLED_MODEL.name, set()
     for stage, (name, (mix, _, _)) in zip(stages, aha_recipe.STAGES.items()):
         parsed = build_tiny_model.argument_parser().parse_args(stage["argv"])
         assert build_tiny_model.trace_mix(parsed) == mix
         assert (parsed.init_from and Path(parsed.init_from).name) == previous  # each continues the one before
         previous = name
+        data_seeds.add(parsed.data_seed)
+    assert len(data_seeds) == len(stages)  # every stage trains on tasks of its own
     assert (
         json.loads((tmp_path / "aha-stages" / "recipe.json").read_text())["wall_s"].keys() == aha_recipe.STAGES.keys()
     )
