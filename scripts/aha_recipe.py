@@ -39,11 +39,12 @@ SUM_MIX = build_tiny_model.TraceMix(bare=0.0, give_up=0.1, sum_first=0.8, near=T
 LATENT_MIX = build_tiny_model.TraceMix(bare=0.0, give_up=0.35, sum_first=0.15, near=True, reversed_digits=True)
 LATENT_LR = 3e-4
 COMMON = ["--batch-size", "32", "--max-tokens", "192"]
+EXECUTE = (SUM_MIX, ["--result-weight", "5", "--cooldown", "100"], {"--sft-steps": 1200})
 # name -> (mix, arguments, steps): the steps of stage 0 (`--arith-steps`) and of the traces
 STAGES = {
     "arith": (SUM_MIX, ["--result-weight", "30", "--cooldown", "0"], {"--arith-steps": 600, "--sft-steps": 800}),
-    "execute": (SUM_MIX, ["--result-weight", "5", "--cooldown", "100"], {"--sft-steps": 1200}),
-    "execute-more": (SUM_MIX, ["--result-weight", "5", "--cooldown", "100"], {"--sft-steps": 1200}),
+    "execute": EXECUTE,
+    "execute-more": EXECUTE,  # the same stage again, on fresh tasks
     "latent": (LATENT_MIX, ["--result-weight", "5", "--lr", str(LATENT_LR), "--cooldown", "50"], {"--sft-steps": 150}),
 }
 
@@ -68,7 +69,8 @@ def main(argv=None) -> None:
             raise SystemExit(f"{path} exists; remove it or pick another --out")
     work.mkdir(parents=True)
     common = ["--seed", str(args.seed), "--probe-tasks", str(args.probe_tasks), "--log-every", str(args.log_every)]
-    previous, timings = None if args.fresh else args.init_from, {}
+    start_model = None if args.fresh else args.init_from
+    previous, timings = start_model, {}
     for number, (name, (mix, stage_args, steps)) in enumerate(STAGES.items()):
         last = number == len(STAGES) - 1
         target = out if last else work / name
@@ -84,7 +86,6 @@ def main(argv=None) -> None:
         start = time.time()
         build_tiny_model.main(argv_stage)
         timings[name] = round(time.time() - start, 1)
-        start_model = None if args.fresh else args.init_from
         (work / "recipe.json").write_text(json.dumps({"seed": args.seed, "from": start_model, "wall_s": timings}))
         previous = target
     print(json.dumps({"recipe_wall_s": round(sum(timings.values()), 1), **timings}), flush=True)

@@ -4,10 +4,11 @@
     python scripts/grpo_vs_sft.py run --seed 0 --arm sft --budget-s 400 &     # side by side
     python scripts/grpo_vs_sft.py summarize                                   # table + PNG
 
-Both arms start from `--model` (default `weights/countdown-tiny`) and stop after `--budget-s` seconds of training time;
-run a seed's two arms at once (one BLAS thread each) so that they share the machine's load.
+Both arms start from `--model` (default `weights/countdown-tiny`) and stop after `--budget-s`
+seconds of training time; run a seed's two arms at once (one BLAS thread each) so that they share
+the machine's load.
 
-- grpo: the demo's run (`weights/countdown-tiny/mlx_grpo.yaml`, LoRA); training time is the sum of
+- grpo: the demo's run (the model folder's `mlx_grpo.yaml` preset, LoRA); training time is the sum of
   its steps' `time/step` (sampling, scoring, update).
 - sft: the recipe's supervised training, continued: full weights, the recipe's learning rate and
   batch, on fresh generated tasks with the recipe's completions (`--sft-mix recipe`:
@@ -135,10 +136,10 @@ def run_arm(args) -> None:
         config = train_config(options).replace(eval_every=0, save_every=10**6, log_completions_every=10**6)
         tasks = held_out_tasks(n=args.eval_tasks)
         label = args.arm
-        if args.arm == "sft":
-            label += f" {args.sft_mix}" * (args.sft_mix != "recipe") + f" lr {args.lr:g}" * (
-                args.lr != recipe.DEFAULT_LR
-            )
+        if args.arm == "sft" and args.sft_mix != "recipe":
+            label += f" {args.sft_mix}"
+        if args.arm == "sft" and args.lr != recipe.DEFAULT_LR:
+            label += f" lr {args.lr:g}"
         path = args.results / f"seed{args.seed}-{label.replace(' ', '-')}.json"
         curve = Curve(label, args.seed, args.budget_s, args.eval_every_s, tasks, path)
         if args.arm == "grpo":
