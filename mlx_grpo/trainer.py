@@ -173,7 +173,7 @@ def _loop(training: Training, source, on_step, progress: bool) -> dict:
             log.metrics({"step": 0, **evaluate_policy(training)})
         bar = StepProgress(c.max_steps, initial=start, enabled=progress)
         step, bad_steps = start, 0
-        while step < c.max_steps and not stop.requested:
+        while step < c.max_steps and not stop.agreed:
             step += 1
             metrics, episodes, advantages = train_step(training, source, loss_and_grad, step, stop)
             if step % c.log_completions_every == 0 or step == 1:
@@ -190,7 +190,7 @@ def _loop(training: Training, source, on_step, progress: bool) -> dict:
                 on_step(metrics)
         bar.close()
     save(training, step)
-    if stop.requested:
+    if stop.agreed:
         raise TrainingInterrupted(step, run_dir)
     return finish(training)
 
@@ -212,7 +212,7 @@ def train_step(training: Training, source, loss_and_grad, step: int, stop=None) 
     result = update(training.model, training.optimizer, loss_and_grad, episodes.rollout, advantages, c)
     t2 = time.perf_counter()
     if stop is not None:
-        stop.requested = stop.requested or any(s["stop"] for s in shares)
+        stop.gathered = any(s["stop"] for s in shares)
     lr = float(training.optimizer.learning_rate.item())  # set by the update to the rate it used
     times = {**episodes.seconds, "update": t2 - t1, "step": t2 - t0}
     times, memory, most = _slowest(times, peak_memory(), {"micro_batches": result.micro_batches})
@@ -380,7 +380,15 @@ class TrainingInterrupted(Exception):
 
 
 class _StopFlag:
-    requested = False
+    requested = False  # a Ctrl-C reached this rank
+    gathered = False  # a Ctrl-C had reached some rank by this step's gather of the requests
+
+    @property
+    def agreed(self) -> bool:
+        """Stop after this step: alone at once; with other ranks only on what every rank gathered (a
+        Ctrl-C landing after the gather is known to one rank, and stopping on it would leave the
+        others waiting for it in the next step's gather)."""
+        return self.gathered or (distributed.world_size() == 1 and self.requested)
 
 
 @contextmanager

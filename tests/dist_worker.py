@@ -5,11 +5,15 @@ tests/test_distributed.py starts it once (a 1-rank run) or twice with MLX_RANK /
 EpisodeSource (inside the real DynamicSource with `dynamic_sampling`), sampling in calls of
 `groups_per_call` groups, then saves this rank's adapters. With "record" it also writes what this
 rank saw each step: the rows it trained on and the global RNG key of each LoRA dropout draw, in order.
+With "interrupt" one rank sends itself a Ctrl-C after a given step, and each rank writes the step it
+stopped after to "interrupted".
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from collections import defaultdict
 
@@ -67,12 +71,25 @@ def main(settings: dict) -> None:
         source = DynamicSource(source, config.dynamic_sampling_signal, config.max_sampling_rounds)
     if settings.get("record"):
         source = Recorder(source, training.model)
-    trainer.run(training, source=source, progress=False)
+    try:
+        trainer.run(training, source=source, on_step=interrupter(settings.get("interrupt")), progress=False)
+    except trainer.TrainingInterrupted as e:  # the step this rank stopped after
+        with open(settings["interrupted"].format(rank=distributed.rank()), "w") as f:
+            json.dump({"step": e.step}, f)
+        return
     adapters = dict(tree_flatten(training.model.trainable_parameters()))
     mx.save_safetensors(settings["adapters"].format(rank=distributed.rank()), adapters)
     if settings.get("record"):
         with open(settings["record"].format(rank=distributed.rank()), "w") as f:
             json.dump({"rows": source.rows, "keys": source.keys}, f)
+
+
+def interrupter(at: dict | None):
+    """With {"rank": r, "step": s}: rank r sends itself a Ctrl-C once step s is done, that is after
+    the step's gather of the ranks' stop requests, the moment only this rank can know of it."""
+    if not at or at["rank"] != distributed.rank():
+        return None
+    return lambda metrics: metrics["step"] == at["step"] and os.kill(os.getpid(), signal.SIGINT)
 
 
 if __name__ == "__main__":

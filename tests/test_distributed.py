@@ -201,6 +201,28 @@ def test_a_peer_timeout_that_is_not_a_number_is_one_line_on_every_rank(tiny_mode
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_ctrl_c_landing_after_a_steps_gather_stops_every_rank_after_the_same_step(
+    tiny_model_path, tmp_path, spaces_reward, world
+):
+    # On one rank a Ctrl-C that lands after step 2's gather stops it after step 2 at once; on two,
+    # only the rank it reached knows until step 3's gather, so both stop after step 3 (stopping
+    # that rank alone after step 2 left the other waiting in step 3's gather for a peer gone).
+    config = settings(tiny_model_path, tmp_path / "run", spaces_reward, max_steps=6)
+    interrupted = str(tmp_path / "interrupted-{rank}.json")
+    run_worker(
+        config,
+        tmp_path / "{rank}.safetensors",
+        world=world,
+        interrupt={"rank": world - 1, "step": 2},
+        interrupted=interrupted,
+    )
+    stopped = [json.loads(Path(interrupted.format(rank=r)).read_text())["step"] for r in range(world)]
+    assert stopped == [1 + world] * world
+    assert read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["step"] == 1 + world
+
+
 def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step_with_a_checkpoint(
     tiny_model_path, tmp_path, spaces_reward
 ):
