@@ -16,6 +16,11 @@ stages are the lineage that worked (E2 ... L1), without its search-trace detours
 3. `latent`: a short, low-lr phase with the sum try at a 15% share (L1), so the behaviour is latent
    and GRPO has something to raise.
 
+`--fixable-share F` makes F of every execution batch sum tries on tasks the try fixes (the mix's own
+sum tries fix ~30% of a batch), so the retry and the flipped answer, the weak stages of every run so
+far, are trained on ~2x (F 0.4) or ~2.7x (F 0.7) as often per step; the default 0 is the recipe as
+measured (scripts/README.md section 7), until a run with F > 0 says it helps.
+
 `--fresh` starts from a new model instead of `--from`: its first stage did not learn the in-trace
 arithmetic in 800 steps (scripts/README.md section 7), so it is there to measure, not to use.
 """
@@ -23,6 +28,7 @@ arithmetic in 800 steps (scripts/README.md section 7), so it is there to measure
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -39,14 +45,24 @@ SUM_MIX = build_tiny_model.TraceMix(bare=0.0, give_up=0.1, sum_first=0.8, near=T
 LATENT_MIX = build_tiny_model.TraceMix(bare=0.0, give_up=0.35, sum_first=0.15, near=True, reversed_digits=True)
 LATENT_LR = 3e-4
 COMMON = ["--batch-size", "32", "--max-tokens", "192"]
-EXECUTE = (SUM_MIX, ["--result-weight", "5", "--cooldown", "100"], {"--sft-steps": 1200})
-# name -> (mix, arguments, steps): the steps of stage 0 (`--arith-steps`) and of the traces
-STAGES = {
-    "arith": (SUM_MIX, ["--result-weight", "30", "--cooldown", "0"], {"--arith-steps": 600, "--sft-steps": 800}),
-    "execute": EXECUTE,
-    "execute-more": EXECUTE,  # the same stage again, on fresh tasks
-    "latent": (LATENT_MIX, ["--result-weight", "5", "--lr", str(LATENT_LR), "--cooldown", "50"], {"--sft-steps": 150}),
-}
+FIXABLE_SHARE = 0.0
+
+
+def recipe_stages(fixable: float = FIXABLE_SHARE) -> dict:
+    """name -> (mix, arguments, steps): the steps of stage 0 (`--arith-steps`) and of the traces.
+    `fixable`: the share of each execution batch that is sum tries on tasks the try fixes."""
+    execute = (
+        dataclasses.replace(SUM_MIX, fixable=fixable),
+        ["--result-weight", "5", "--cooldown", "100"],
+        {"--sft-steps": 1200},
+    )
+    latent_args = ["--result-weight", "5", "--lr", str(LATENT_LR), "--cooldown", "50"]
+    return {
+        "arith": (SUM_MIX, ["--result-weight", "30", "--cooldown", "0"], {"--arith-steps": 600, "--sft-steps": 800}),
+        "execute": execute,
+        "execute-more": execute,  # the same stage again, on fresh tasks
+        "latent": (LATENT_MIX, latent_args, {"--sft-steps": 150}),
+    }
 
 
 def main(argv=None) -> None:
@@ -60,6 +76,12 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-tasks", type=int, default=300, help="held-out tasks scored at the end")
     parser.add_argument("--probe-tasks", type=int, default=100, help="greedy probe at each log line")
     parser.add_argument("--log-every", type=int, default=200)
+    parser.add_argument(
+        "--fixable-share",
+        type=float,
+        default=FIXABLE_SHARE,
+        help="share of each execution batch: sum tries on tasks the try fixes",
+    )
     parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every stage's steps (a smoke run)")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -71,8 +93,9 @@ def main(argv=None) -> None:
     common = ["--seed", str(args.seed), "--probe-tasks", str(args.probe_tasks), "--log-every", str(args.log_every)]
     start_model = None if args.fresh else args.init_from
     previous, timings = start_model, {}
-    for number, (name, (mix, stage_args, steps)) in enumerate(STAGES.items()):
-        last = number == len(STAGES) - 1
+    stages = recipe_stages(args.fixable_share)
+    for number, (name, (mix, stage_args, steps)) in enumerate(stages.items()):
+        last = number == len(stages) - 1
         target = out if last else work / name
         scaled = [str(part) for flag, n in steps.items() for part in (flag, max(1, round(n * args.steps_scale)))]
         argv_stage = [*build_tiny_model.mix_arguments(mix), *COMMON, *stage_args, *scaled, *common]
@@ -86,7 +109,8 @@ def main(argv=None) -> None:
         start = time.time()
         build_tiny_model.main(argv_stage)
         timings[name] = round(time.time() - start, 1)
-        (work / "recipe.json").write_text(json.dumps({"seed": args.seed, "from": start_model, "wall_s": timings}))
+        recipe = {"seed": args.seed, "from": start_model, "fixable_share": args.fixable_share, "wall_s": timings}
+        (work / "recipe.json").write_text(json.dumps(recipe))
         previous = target
     print(json.dumps({"recipe_wall_s": round(sum(timings.values()), 1), **timings}), flush=True)
 

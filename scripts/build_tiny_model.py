@@ -21,6 +21,7 @@ traces (`countdown.traces`: 1..`--max-misses` wrong candidates, each computed an
 the target, then the solution), the rare self-checking behaviour GRPO could amplify;
 `--bare-share 0` drops the bare answers; `--near-misses` makes the wrong candidates the solution
 with another last operation; `--sum-share S` adds a share of `traces.sum_trace` tries;
+`--fixable-share F` makes F of every batch sum tries on tasks the try fixes (`traces.sum_try_fixes`);
 `--result-weight W` weighs the loss on step-line results W times (`--answer-weight` the answer's
 equation); `--init-from DIR` trains DIR's model further instead of a new one; `--probe-tasks N`
 logs greedy accuracy, self-check rate and the share of wrong step lines (`selfcheck.steps`) on N
@@ -54,7 +55,7 @@ from mlx_grpo.countdown.generator import generate_tasks
 from mlx_grpo.countdown.prompts import SYSTEM_PROMPT, USER_TEMPLATE, build_prompt
 from mlx_grpo.countdown.solver import worked_solution
 from mlx_grpo.countdown.tasks import Task
-from mlx_grpo.countdown.traces import search_trace, sum_trace
+from mlx_grpo.countdown.traces import search_trace, sum_trace, sum_try_fixes
 
 SFT_SEED_BASE = 1_000_000  # generator seeds of the recipe's tasks: SFT_SEED_BASE + i
 TOKENIZER_TASKS = 2_000
@@ -78,6 +79,9 @@ class TraceMix:
     near: bool = False  # wrong candidates are the solution with another last operation (`traces.near_misses`)
     sum_first: float = 0.0  # add every number first, then fix the sum (`traces.sum_trace`)
     reversed_digits: bool = False  # the thought in `countdown.notation` ("440 + 910 = 360")
+    # a share of every batch that is sum tries on tasks the try fixes (`traces.sum_try_fixes`), on top
+    # of the mix's own (~30% of its sum tries): the retry and the flipped answer are trained on more often
+    fixable: float = 0.0
 
 
 def tokenizer_corpus(num_tasks: int, seed: int, mix: TraceMix) -> list[str]:
@@ -231,6 +235,14 @@ def example_batches(batch_size: int, seed: int, exclude: set[Task], mix: TraceMi
         ]
         index += 1
         pairs = [(t, warm_start_completion(t, rng, mix)) for t in tasks]
+        if mix.fixable:
+            fixed = [
+                t for t in generate_tasks(4 * batch_size, SFT_SEED_BASE + rng.randrange(10**9)) if sum_try_fixes(t)
+            ]
+            fixed = [(t, sum_trace(t, reversed_digits=mix.reversed_digits)) for t in fixed if t not in exclude]
+            fixed = [(t, c) for t, c in fixed if c is not None]
+            keep = round(mix.fixable * len(pairs))
+            pairs = fixed[:keep] + pairs[: len(pairs) - min(keep, len(fixed))]
         pairs = [(t, c) for t, c in pairs if c is not None]
         if pairs:
             yield pairs
@@ -335,6 +347,9 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-misses", type=int, default=2, help="wrong candidates a search trace rejects, at most")
     parser.add_argument("--give-up-share", type=float, default=0.0, help="completions answering a wrong candidate")
     parser.add_argument("--sum-share", type=float, default=0.0, help="completions that add every number first")
+    parser.add_argument(
+        "--fixable-share", type=float, default=0.0, help="share of each batch: sum tries on tasks the try fixes"
+    )
     parser.add_argument("--near-misses", action="store_true", help="wrong candidates differ in the last step only")
     parser.add_argument("--reversed-digits", action="store_true", help="thoughts in countdown.notation")
     parser.add_argument("--arith-steps", type=int, default=0, help="steps on single step lines first (notation)")
@@ -368,6 +383,7 @@ def trace_mix(args: argparse.Namespace) -> TraceMix:
         near=args.near_misses,
         sum_first=args.sum_share,
         reversed_digits=args.reversed_digits,
+        fixable=args.fixable_share,
     )
 
 
@@ -375,7 +391,7 @@ def mix_arguments(mix: TraceMix) -> list[str]:
     """The command-line arguments that ask for `mix` (`trace_mix` reads them back)."""
     flags = ["--near-misses"] * mix.near + ["--reversed-digits"] * mix.reversed_digits
     shares = {"--bare-share": mix.bare, "--search-share": mix.search, "--give-up-share": mix.give_up}
-    shares |= {"--sum-share": mix.sum_first, "--max-misses": mix.max_misses}
+    shares |= {"--sum-share": mix.sum_first, "--max-misses": mix.max_misses, "--fixable-share": mix.fixable}
     return [*flags, *(str(part) for item in shares.items() for part in item)]
 
 

@@ -32,6 +32,7 @@ import mlx_lm
 
 from mlx_grpo.countdown import selfcheck
 from mlx_grpo.countdown.solver import reaches
+from mlx_grpo.countdown.traces import sum_try_fixes
 from mlx_grpo.demo import EVAL_SEED, MAX_TOKENS, held_out_tasks
 from mlx_grpo.episodes import run_episodes
 from mlx_grpo.sampling import SamplingOptions
@@ -102,7 +103,7 @@ def measure(
         )
         for i, task in enumerate(tasks[start : start + PROMPTS_PER_BATCH]):
             group = {True: [], False: []}
-            fixable = sum(task.nums) != task.target and any(sum(task.nums) - 2 * n == task.target for n in task.nums)
+            fixable = sum_try_fixes(task)
             for j in range(i * samples, (i + 1) * samples):
                 completion, verdict = episodes.completions[j], episodes.verdicts[j]
                 kind = counts["check" if verdict.self_check else "direct"]

@@ -13,8 +13,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import aha_recipe  # noqa: E402
 import build_tiny_model  # noqa: E402
 
+MIXES = [
+    aha_recipe.SUM_MIX,
+    aha_recipe.LATENT_MIX,
+    aha_recipe.recipe_stages(0.4)["execute"][0],
+    build_tiny_model.TraceMix(),
+]
 
-@pytest.mark.parametrize("mix", [aha_recipe.SUM_MIX, aha_recipe.LATENT_MIX, build_tiny_model.TraceMix()])
+
+@pytest.mark.parametrize("mix", MIXES)
 def test_a_mix_survives_the_command_line(mix):
     args = build_tiny_model.argument_parser().parse_args(build_tiny_model.mix_arguments(mix))
     assert build_tiny_model.trace_mix(args) == mix
@@ -26,9 +33,9 @@ def test_the_recipe_runs_every_stage_in_order_and_leaves_a_loadable_model(tmp_pa
     aha_recipe.main(["--out", str(out), "--steps-scale", "0.005", "--probe-tasks", "0", "--eval-tasks", "4"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     stages = [line for line in lines if "stage" in line]
-    assert [s["stage"] for s in stages] == list(aha_recipe.STAGES)
+    assert [s["stage"] for s in stages] == list(aha_recipe.recipe_stages())
     previous, data_seeds = aha_recipe.BUNDLED_MODEL.name, set()
-    for stage, (name, (mix, _, _)) in zip(stages, aha_recipe.STAGES.items()):
+    for stage, (name, (mix, _, _)) in zip(stages, aha_recipe.recipe_stages().items()):
         parsed = build_tiny_model.argument_parser().parse_args(stage["argv"])
         assert build_tiny_model.trace_mix(parsed) == mix
         assert (parsed.init_from and Path(parsed.init_from).name) == previous  # each continues the one before
@@ -36,7 +43,8 @@ def test_the_recipe_runs_every_stage_in_order_and_leaves_a_loadable_model(tmp_pa
         data_seeds.add(parsed.data_seed)
     assert len(data_seeds) == len(stages)  # every stage trains on tasks of its own
     assert (
-        json.loads((tmp_path / "aha-stages" / "recipe.json").read_text())["wall_s"].keys() == aha_recipe.STAGES.keys()
+        json.loads((tmp_path / "aha-stages" / "recipe.json").read_text())["wall_s"].keys()
+        == aha_recipe.recipe_stages().keys()
     )
     model, tokenizer = mlx_lm.load(str(out))
     assert tokenizer.encode("440 + 910 = 360", add_special_tokens=False)

@@ -14,7 +14,9 @@ import build_tiny_model as recipe  # noqa: E402
 
 from mlx_grpo.countdown import notation, selfcheck  # noqa: E402
 from mlx_grpo.countdown.generator import generate_tasks  # noqa: E402
+from mlx_grpo.countdown.scoring import judge  # noqa: E402
 from mlx_grpo.countdown.solver import worked_solution  # noqa: E402
+from mlx_grpo.countdown.traces import sum_trace, sum_try_fixes  # noqa: E402
 from mlx_grpo.rewards import equation_reward_func, format_reward_func  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the recipe's training runs
@@ -67,6 +69,22 @@ def test_a_latent_search_mix_in_reversed_digits_writes_its_shares_of_each_kind()
     gave_up = sum(r == 0.0 for r in solved) / len(pairs)
     assert all(r == 1.0 for r, n in zip(solved, checks) if n > 0)  # a search ends on the solution
     assert abs(searched - mix.search) < 0.035 and abs(gave_up - mix.give_up) < 0.045  # 4 standard errors
+
+
+@pytest.mark.parametrize("fixable", [0.0, 0.4, 0.7])
+def test_a_fixable_share_adds_sum_tries_on_tasks_the_try_fixes_and_keeps_the_excluded_tasks_out(fixable):
+    mix = recipe.TraceMix(bare=0.0, give_up=0.1, sum_first=0.8, near=True, reversed_digits=True, fixable=fixable)
+    unfiltered = recipe.example_batches(32, 3, set(), mix)
+    exclude = {t for _ in range(5) for t, _ in next(unfiltered)}  # drawn again below, and left out
+    batches = recipe.example_batches(32, 3, exclude, mix)
+    pairs = [pair for _ in range(60) for pair in next(batches)]
+    assert not exclude & {t for t, _ in pairs} and len(pairs) > 0.9 * 60 * 32
+    assert all(judge(c, t.target, t.nums).well_formed for t, c in pairs)
+    fixed = [c for t, c in pairs if sum_try_fixes(t) and c == sum_trace(t, reversed_digits=True)]
+    natural = 0.8 * 0.37  # the mix's sum share x the tasks the try fixes (traces.sum_trace's docstring)
+    expected = fixable + (1 - fixable) * natural
+    assert abs(len(fixed) / len(pairs) - expected) < 0.05  # ~4 standard errors
+    assert all(selfcheck.self_checks(c, t.target) == 1 for t, c in pairs if c in fixed)
 
 
 def test_loss_weights_fall_on_step_results_and_the_answer_and_the_ids_are_the_whole_encoding():

@@ -15,7 +15,14 @@ from mlx_grpo.countdown.scoring import judge
 from mlx_grpo.countdown.selfcheck import _OPS
 from mlx_grpo.countdown.solver import worked_solution
 from mlx_grpo.countdown.tasks import Task
-from mlx_grpo.countdown.traces import near_misses, search_trace, solution_candidate, sum_trace, wrong_candidate
+from mlx_grpo.countdown.traces import (
+    near_misses,
+    search_trace,
+    solution_candidate,
+    sum_trace,
+    sum_try_fixes,
+    wrong_candidate,
+)
 
 
 def turn(*lines: str, answer: str = "(44 + 19) + 35") -> str:
@@ -150,7 +157,10 @@ def test_a_sum_trace_adds_every_number_then_subtracts_the_half_of_the_excess_twi
         verdict = judge(text, task.target, task.nums)
         assert verdict.correct and all(step.correct for step in selfcheck.steps(text))
         assert verdict.self_check == (sum(task.nums) != task.target)
-        by_one = any(sum(task.nums) - 2 * x == task.target for x in task.nums)
+        # every way of flipping exactly one number's sign, written out
+        flips = [[-x if i == j else x for i, x in enumerate(task.nums)] for j in range(len(task.nums))]
+        by_one = sum(task.nums) != task.target and any(sum(signed) == task.target for signed in flips)
+        assert sum_try_fixes(task) == by_one
         if by_one:  # the sum, the excess, its half, then the sum minus the half twice
             fixed += 1
             assert len(selfcheck.steps(text)) == len(task.nums) + 3

@@ -188,6 +188,12 @@ def sum_trace(task: Task, *, reversed_digits: bool = False) -> str | None:
     return _completion(task, [*lines, *solution.steps], solution.equation, reversed_digits)
 
 
+def sum_try_fixes(task: Task) -> bool:
+    """Whether `sum_trace`'s retry solves `task`: the sum misses the target by twice one number."""
+    total = sum(task.nums)
+    return total != task.target and any(total - 2 * n == task.target for n in task.nums)
+
+
 def _flipped(numbers, subtracted: int) -> str:
     """The sum of `numbers` in their order with one `subtracted` instead of added ("35 + 44 - 19"); a
     first number to subtract goes last, since the answer has no unary minus."""
