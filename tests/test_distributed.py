@@ -201,7 +201,6 @@ def test_a_peer_timeout_that_is_not_a_number_is_one_line_on_every_rank(tiny_mode
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 @pytest.mark.parametrize("world", [1, 2])
 def test_a_ctrl_c_landing_after_a_steps_gather_stops_every_rank_after_the_same_step(
     tiny_model_path, tmp_path, spaces_reward, world
@@ -223,6 +222,7 @@ def test_a_ctrl_c_landing_after_a_steps_gather_stops_every_rank_after_the_same_s
     assert read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["step"] == 1 + world
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step_with_a_checkpoint(
     tiny_model_path, tmp_path, spaces_reward
 ):
