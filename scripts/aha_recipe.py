@@ -5,8 +5,9 @@
 
 Each stage is one `build_tiny_model.py` run that continues the last (`--init-from`) on fresh tasks
 (data seed `--seed` + 1,000 x the stage's index); intermediate models go to `<out>-stages/<name>`,
-the last stage to `<out>`, and the wall time of every stage to `<out>-stages/recipe.json`. The
-stages are the lineage that worked (E2 ... L1), without its search-trace detours:
+the last stage to `<out>` with the GRPO preset it was measured with (`mlx_grpo.yaml`), and the wall
+time of every stage to `<out>-stages/recipe.json`. The stages are the lineage that worked (E2 ...
+L1), without its search-trace detours:
 
 1. `arith`: single step lines and restatements in the reversed-digit notation (stage 0), then the
    sum-try mix with the step-line results weighted 30, where in-trace arithmetic appears as a
@@ -36,14 +37,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import build_tiny_model  # noqa: E402
+import yaml  # noqa: E402
 
+from mlx_grpo.config import read_config_file  # noqa: E402
 from mlx_grpo.demo import BUNDLED_MODEL  # noqa: E402
+from mlx_grpo.presets import PRESET_FILE  # noqa: E402
 
 # The sum try at a high share (mostly the sum try, some give-ups and worked solutions), and the low
 # share of the latent stage; all in the reversed-digit notation, wrong candidates near misses.
 SUM_MIX = build_tiny_model.TraceMix(bare=0.0, give_up=0.1, sum_first=0.8, near=True, reversed_digits=True)
 LATENT_MIX = build_tiny_model.TraceMix(bare=0.0, give_up=0.35, sum_first=0.15, near=True, reversed_digits=True)
 LATENT_LR = 3e-4
+# The GRPO settings the warm start was measured with (scripts/README.md section 7): a sum try runs
+# to ~170 tokens, and 8 prompts a step keep the demo's 60 steps near its 10 minutes on 2 cores.
+GRPO_PRESET = {
+    "batch_size": 8,
+    "max_completion_length": 192,
+    "max_steps": 60,
+    "eval_every": 30,
+    "save_every": 30,
+    "eval_samples": 200,
+}
 COMMON = ["--batch-size", "32", "--max-tokens", "192"]
 FIXABLE_SHARE = 0.0
 
@@ -112,7 +126,16 @@ def main(argv=None) -> None:
         recipe = {"seed": args.seed, "from": start_model, "fixable_share": args.fixable_share, "wall_s": timings}
         (work / "recipe.json").write_text(json.dumps(recipe))
         previous = target
+    write_preset(out)
     print(json.dumps({"recipe_wall_s": round(sum(timings.values()), 1), **timings}), flush=True)
+
+
+def write_preset(model_dir: Path) -> None:
+    """The shipped model's GRPO preset with GRPO_PRESET's changes, so that `mlx-grpo train --model`
+    and the demo train the warm start as it was measured."""
+    preset = {**read_config_file(BUNDLED_MODEL / PRESET_FILE), **GRPO_PRESET}
+    header = "# GRPO settings for this model (written by scripts/aha_recipe.py; --config and flags still win)\n"
+    (model_dir / PRESET_FILE).write_text(header + yaml.safe_dump(preset, sort_keys=False))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import aha_recipe  # noqa: E402
 import build_tiny_model  # noqa: E402
 
+from mlx_grpo.config import build_config  # noqa: E402
+from mlx_grpo.presets import preset_for_model  # noqa: E402
+
 MIXES = [
     aha_recipe.SUM_MIX,
     aha_recipe.LATENT_MIX,
@@ -47,6 +50,9 @@ def test_the_recipe_runs_every_stage_in_order_and_leaves_a_loadable_model(tmp_pa
         == aha_recipe.recipe_stages().keys()
     )
     model, tokenizer = mlx_lm.load(str(out))
+    preset = preset_for_model(str(out))  # the demo trains it as it was measured
+    assert {k: preset[k] for k in aha_recipe.GRPO_PRESET} == aha_recipe.GRPO_PRESET
+    assert build_config(None, {}, base=preset).max_completion_length == 192
     assert tokenizer.encode("440 + 910 = 360", add_special_tokens=False)
     with pytest.raises(SystemExit, match="exists"):  # a second run never replaces the first
         aha_recipe.main(["--out", str(out)])
