@@ -20,17 +20,21 @@ chooses to begin with the sum before it has seen a candidate fail, so this gap, 
 self-check one, compares the two behaviours on the same tasks: it is what GRPO's group advantage
 rewards. On the tasks the try can fix (the sum minus twice one of the numbers is the target), the
 share of sum tries that get each stage right: the sum, the excess S - T, its half h (a number of
-the task), the retry (S - h, then that minus h), the answer.
+the task), the retry (S - h, then that minus h), the answer; and of the tries that reach the answer
+with a right retry, the share whose answer misses by its numbers (`answer_miss`: the subtracted
+number written twice, say) and by its signs or order alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import mlx_lm
 
 from mlx_grpo.countdown import selfcheck
+from mlx_grpo.countdown.expr import extract_equation
 from mlx_grpo.countdown.solver import reaches
 from mlx_grpo.countdown.traces import sum_try_fixes
 from mlx_grpo.demo import EVAL_SEED, MAX_TOKENS, held_out_tasks
@@ -71,6 +75,13 @@ def sum_try_stage(steps, nums, target: int, correct: bool) -> int:
     return 4 + correct
 
 
+def answer_miss(completion: str, nums) -> str:
+    """Why a sum try's answer missed after a right retry: "numbers" when the answer does not use the
+    task's numbers once each (the subtracted number written twice, say), "signs" when it does."""
+    literals = re.findall(r"\d+", extract_equation(completion) or "")
+    return "signs" if sorted(int(n) for n in literals) == sorted(nums) else "numbers"
+
+
 def last_step_ceiling(model, tokenizer, tasks, max_tokens: int) -> dict:
     """Greedy accuracy, and the share whose first candidate's last operands reach the target."""
     from mlx_grpo.evaluate import evaluate
@@ -91,6 +102,7 @@ def measure(
     counts = {"check": [0, 0], "direct": [0, 0]}  # kind -> [completions, correct]
     by_start = {True: [0, 0], False: [0, 0]}  # begins with the sum -> [completions, correct]
     gaps, stages = [], [0] * (len(SUM_STAGES) + 1)  # paired gaps; sum tries on fixable tasks by stage
+    misses = {"numbers": 0, "signs": 0}  # wrong answers after a right retry, by answer_miss
     unanswered, lines, right_lines, solved = 0, 0, 0, 0
     for start in range(0, len(tasks), PROMPTS_PER_BATCH):
         episodes = run_episodes(
@@ -114,7 +126,10 @@ def measure(
                 summed = begins_with_sum(steps, task.nums)
                 group[summed].append(verdict.correct)
                 if summed and fixable:
-                    stages[sum_try_stage(steps, task.nums, task.target, verdict.correct)] += 1
+                    stage = sum_try_stage(steps, task.nums, task.target, verdict.correct)
+                    stages[stage] += 1
+                    if stage == len(SUM_STAGES) - 1:
+                        misses[answer_miss(completion, task.nums)] += 1
             solved += any(group[True] + group[False])
             if group[True] and group[False]:
                 gaps.append(sum(group[True]) / len(group[True]) - sum(group[False]) / len(group[False]))
@@ -138,6 +153,7 @@ def measure(
         "paired tasks": len(gaps),
         "fixable sum tries": sum(stages),
         **{f"stage {name} right": sum(stages[k + 1 :]) / max(sum(stages), 1) for k, name in enumerate(SUM_STAGES)},
+        **{f"answer misses: {kind}": count / max(sum(stages[-2:]), 1) for kind, count in misses.items()},
         "no answer": unanswered / n,
         "step lines right": right_lines / max(lines, 1),
     }

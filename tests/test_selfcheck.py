@@ -252,3 +252,15 @@ def test_sum_try_stages_count_how_far_a_sum_try_got_right():
         wrong = [selfcheck.Step(s.left, s.op, s.right, s.result + (i == k)) for i, s in enumerate(steps)]
         assert sum_try_stage(wrong, task.nums, task.target, correct=False) == expected, k
     assert sum_try_stage(steps[:3], task.nums, task.target, correct=False) == 2  # stopped after the excess
+
+
+def test_answer_miss_tells_a_repeated_number_from_a_wrong_sign():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from selfcheck_pays import answer_miss
+
+    nums = (94, 49, 79)
+    assert answer_miss("<think>\n</think>\n<answer> 94 - 79 + 79 </answer>", nums) == "numbers"
+    assert answer_miss("<think>\n</think>\n<answer> 94 - 49 + 79 </answer>", nums) == "signs"
+    assert answer_miss("<think>\n</think>\n<answer> 49 + 79 - 94 </answer>", nums) == "signs"
+    assert answer_miss("<think>\n</think>\n<answer> 94 + 49 </answer>", nums) == "numbers"
+    assert answer_miss("<think>\n</think>\n", nums) == "numbers"  # no answer at all
