@@ -22,6 +22,7 @@ the target, then the solution), the rare self-checking behaviour GRPO could ampl
 `--bare-share 0` drops the bare answers; `--near-misses` makes the wrong candidates the solution
 with another last operation; `--sum-share S` adds a share of `traces.sum_trace` tries;
 `--fixable-share F` makes F of every batch sum tries on tasks the try fixes (`traces.sum_try_fixes`);
+`--flip-line` ends a fixed sum try's thought with the answer's equation (`traces.sum_trace`);
 `--result-weight W` weighs the loss on step-line results W times (`--answer-weight` the answer's
 equation); `--init-from DIR` trains DIR's model further instead of a new one; `--probe-tasks N`
 logs greedy accuracy, self-check rate and the share of wrong step lines (`selfcheck.steps`) on N
@@ -82,6 +83,7 @@ class TraceMix:
     # a share of every batch that is sum tries on tasks the try fixes (`traces.sum_try_fixes`), on top
     # of the mix's own (~30% of its sum tries): the retry and the flipped answer are trained on more often
     fixable: float = 0.0
+    flip_line: bool = False  # sum tries write the answer's equation as their last line (`traces.sum_trace`)
 
 
 def tokenizer_corpus(num_tasks: int, seed: int, mix: TraceMix) -> list[str]:
@@ -162,7 +164,7 @@ def warm_start_completion(task: Task, rng: random.Random, mix: TraceMix = TraceM
     elif kind < mix.search + mix.give_up:
         text = search_trace(task, rng, 0, give_up=True, near=mix.near, reversed_digits=mix.reversed_digits)
     elif kind < mix.search + mix.give_up + mix.sum_first:
-        text = sum_trace(task, reversed_digits=mix.reversed_digits)
+        text = sum_trace(task, reversed_digits=mix.reversed_digits, flip_line=mix.flip_line)
     elif mix.reversed_digits:
         text = search_trace(task, rng, 0, reversed_digits=True)
     else:
@@ -239,8 +241,8 @@ def example_batches(batch_size: int, seed: int, exclude: set[Task], mix: TraceMi
             fixed = [
                 t for t in generate_tasks(4 * batch_size, SFT_SEED_BASE + rng.randrange(10**9)) if sum_try_fixes(t)
             ]
-            fixed = [(t, sum_trace(t, reversed_digits=mix.reversed_digits)) for t in fixed if t not in exclude]
-            fixed = [(t, c) for t, c in fixed if c is not None]
+            fixed = [(t, sum_trace(t, reversed_digits=mix.reversed_digits, flip_line=mix.flip_line)) for t in fixed]
+            fixed = [(t, c) for t, c in fixed if t not in exclude and c is not None]
             keep = round(mix.fixable * len(pairs))
             pairs = fixed[:keep] + pairs[: len(pairs) - min(keep, len(fixed))]
         pairs = [(t, c) for t, c in pairs if c is not None]
@@ -351,6 +353,9 @@ def argument_parser() -> argparse.ArgumentParser:
         "--fixable-share", type=float, default=0.0, help="share of each batch: sum tries on tasks the try fixes"
     )
     parser.add_argument("--near-misses", action="store_true", help="wrong candidates differ in the last step only")
+    parser.add_argument(
+        "--flip-line", action="store_true", help="sum tries write the answer's equation as their thought's last line"
+    )
     parser.add_argument("--reversed-digits", action="store_true", help="thoughts in countdown.notation")
     parser.add_argument("--arith-steps", type=int, default=0, help="steps on single step lines first (notation)")
     parser.add_argument("--arith-batch-size", type=int, default=128)
@@ -384,12 +389,13 @@ def trace_mix(args: argparse.Namespace) -> TraceMix:
         sum_first=args.sum_share,
         reversed_digits=args.reversed_digits,
         fixable=args.fixable_share,
+        flip_line=args.flip_line,
     )
 
 
 def mix_arguments(mix: TraceMix) -> list[str]:
     """The command-line arguments that ask for `mix` (`trace_mix` reads them back)."""
-    flags = ["--near-misses"] * mix.near + ["--reversed-digits"] * mix.reversed_digits
+    flags = ["--near-misses"] * mix.near + ["--reversed-digits"] * mix.reversed_digits + ["--flip-line"] * mix.flip_line
     shares = {"--bare-share": mix.bare, "--search-share": mix.search, "--give-up-share": mix.give_up}
     shares |= {"--sum-share": mix.sum_first, "--max-misses": mix.max_misses, "--fixable-share": mix.fixable}
     return [*flags, *(str(part) for item in shares.items() for part in item)]

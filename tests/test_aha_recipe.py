@@ -21,6 +21,7 @@ MIXES = [
     aha_recipe.LATENT_MIX,
     aha_recipe.recipe_stages(0.4)["execute"][0],
     build_tiny_model.TraceMix(),
+    build_tiny_model.TraceMix(sum_first=0.5, fixable=0.7, reversed_digits=True, flip_line=True),
 ]
 
 

@@ -71,16 +71,18 @@ def test_a_latent_search_mix_in_reversed_digits_writes_its_shares_of_each_kind()
     assert abs(searched - mix.search) < 0.035 and abs(gave_up - mix.give_up) < 0.045  # 4 standard errors
 
 
-@pytest.mark.parametrize("fixable", [0.0, 0.4, 0.7])
-def test_a_fixable_share_adds_sum_tries_on_tasks_the_try_fixes_and_keeps_the_excluded_tasks_out(fixable):
-    mix = recipe.TraceMix(bare=0.0, give_up=0.1, sum_first=0.8, near=True, reversed_digits=True, fixable=fixable)
+@pytest.mark.parametrize("fixable, flip_line", [(0.0, False), (0.4, False), (0.7, False), (0.7, True)])
+def test_a_fixable_share_adds_sum_tries_on_tasks_the_try_fixes_and_keeps_the_excluded_tasks_out(fixable, flip_line):
+    mix = recipe.TraceMix(
+        bare=0.0, give_up=0.1, sum_first=0.8, near=True, reversed_digits=True, fixable=fixable, flip_line=flip_line
+    )
     unfiltered = recipe.example_batches(32, 3, set(), mix)
     exclude = {t for _ in range(5) for t, _ in next(unfiltered)}  # drawn again below, and left out
     batches = recipe.example_batches(32, 3, exclude, mix)
     pairs = [pair for _ in range(60) for pair in next(batches)]
     assert not exclude & {t for t, _ in pairs} and len(pairs) > 0.9 * 60 * 32
     assert all(judge(c, t.target, t.nums).well_formed for t, c in pairs)
-    fixed = [c for t, c in pairs if sum_try_fixes(t) and c == sum_trace(t, reversed_digits=True)]
+    fixed = [c for t, c in pairs if sum_try_fixes(t) and c == sum_trace(t, reversed_digits=True, flip_line=flip_line)]
     natural = 0.8 * 0.37  # the mix's sum share x the tasks the try fixes (traces.sum_trace's docstring)
     expected = fixable + (1 - fixable) * natural
     assert abs(len(fixed) / len(pairs) - expected) < 0.05  # ~4 standard errors

@@ -167,6 +167,24 @@ def test_a_sum_trace_adds_every_number_then_subtracts_the_half_of_the_excess_twi
     assert fixed > 50
 
 
+def test_a_flip_line_writes_the_answers_equation_in_the_thoughts_notation_and_changes_nothing_else():
+    task = Task(75, (48, 90, 33))  # 171 - 2 x 48: the first number is the one to subtract
+    plain, flipped = sum_trace(task, reversed_digits=True), sum_trace(task, reversed_digits=True, flip_line=True)
+    assert selfcheck.thought(flipped).split("\n")[-2] == "090 + 330 - 840 = 570"  # 90 + 33 - 48 = 75
+    assert flipped.replace("090 + 330 - 840 = 570\n", "") == plain
+    assert selfcheck.steps(flipped) == selfcheck.steps(plain)  # not a step line: the stages read the same
+    assert sum_trace(Task(28, (35, 44, 19)), flip_line=True).split("\n")[-3] == "44 + 19 - 35 = 28"
+    for task in generate_tasks(300, 5):
+        text = sum_trace(task, reversed_digits=True, flip_line=True)
+        if text is None or not sum_try_fixes(task):
+            assert text == sum_trace(task, reversed_digits=True)  # only a fixed try has the line
+            continue
+        line = notation.readable(text).split("</think>")[0].strip().split("\n")[-1]
+        equation, value = line.split(" = ")
+        assert int(value) == task.target and f"<answer> {equation} </answer>" in text
+        assert judge(text, task.target, task.nums).correct
+
+
 def test_a_trace_that_gives_up_answers_its_last_wrong_candidate_unchecked():
     rng = random.Random(2)
     for task in generate_tasks(100, 7):

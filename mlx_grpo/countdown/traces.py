@@ -154,7 +154,7 @@ def search_trace(
     return render(task, tried, last, reversed_digits)
 
 
-def sum_trace(task: Task, *, reversed_digits: bool = False) -> str | None:
+def sum_trace(task: Task, *, reversed_digits: bool = False, flip_line: bool = False) -> str | None:
     """A systematic first try: add every number (in the task's order); if the sum S misses the target
     T, reject it, compute how far off it is (S - T = D, D / 2 = h) and, when h is one of the numbers,
     subtract it twice from the sum (S - h = O, O - h = T: adding h was the mistake) and answer the
@@ -165,6 +165,11 @@ def sum_trace(task: Task, *, reversed_digits: bool = False) -> str | None:
     are not (the version that summed "the other numbers" again was not learnt: scripts/README.md,
     section 7). The try solves every task that is the sum of its numbers with at most one
     subtracted (37% of the demo's held-out tasks: 59% of those with three numbers, 15% with four).
+    `flip_line` writes the answer's equation once more as the thought's last line, in the thought's
+    notation and with the target as its value ("690 + 010 - 630 = 070"): the flipped sign is then
+    chosen beside the restatement, where h is written the same way as the numbers, and the answer
+    copies the signs from the line above (scripts/README.md section 7: without it, a quarter of the
+    answers after a right retry wrote h twice).
     None when the task has no integer solution or (`reversed_digits`) a number does not fit the
     notation.
     """
@@ -184,7 +189,10 @@ def sum_trace(task: Task, *, reversed_digits: bool = False) -> str | None:
             lines.append((excess, "/", 2, half))
     if half in task.nums:
         lines += [(total, "-", half, total - half), (total - half, "-", half, task.target)]
-        return _completion(task, lines, _flipped(task.nums, half), reversed_digits)
+        terms = _flipped(task.nums, half)
+        if flip_line:
+            lines.append((terms, "=", task.target))
+        return _completion(task, lines, _equation(terms, str), reversed_digits)
     return _completion(task, [*lines, *solution.steps], solution.equation, reversed_digits)
 
 
@@ -194,15 +202,20 @@ def sum_try_fixes(task: Task) -> bool:
     return total != task.target and any(total - 2 * n == task.target for n in task.nums)
 
 
-def _flipped(numbers, subtracted: int) -> str:
-    """The sum of `numbers` in their order with one `subtracted` instead of added ("35 + 44 - 19"); a
-    first number to subtract goes last, since the answer has no unary minus."""
+def _flipped(numbers, subtracted: int) -> list[tuple[str, int]]:
+    """The terms of the sum of `numbers` in their order with one `subtracted` instead of added
+    (35 + 44 - 19); a first number to subtract goes last, since the answer has no unary minus."""
     order = list(numbers)
     at = order.index(subtracted)
     if at == 0:
         order.append(order.pop(0))
         at = len(order) - 1
-    return " ".join(f"{'-' if i == at else '+'} {n}" for i, n in enumerate(order))[2:]
+    return [("-" if i == at else "+", n) for i, n in enumerate(order)]
+
+
+def _equation(terms, write) -> str:
+    """ "35 + 44 - 19" from the terms [("+", 35), ("+", 44), ("-", 19)], each number by `write`."""
+    return " ".join(f"{sign} {write(n)}" for sign, n in terms)[2:]
 
 
 def _sum_steps(numbers) -> list[tuple[int, str, int, int]]:
@@ -252,15 +265,19 @@ def render(task: Task, rejected: list[Candidate], answered: Candidate, reversed_
 
 
 def _completion(task: Task, lines, equation: str, reversed_digits: bool) -> str | None:
-    """The completion whose thought is `lines`, steps (a, op, b, v) and rejections (v, "!=", T),
-    and whose answer is `equation`; None when (`reversed_digits`) a number does not fit the notation."""
+    """The completion whose thought is `lines`, steps (a, op, b, v), rejections (v, "!=", T) and
+    equations (terms, "=", T), and whose answer is `equation`; None when (`reversed_digits`) a
+    number does not fit the notation."""
     numbers = [n for line in lines for n in line if isinstance(n, int)]
     if reversed_digits and not notation.fits(*numbers, *task.nums, task.target):
         return None
     write = notation.write if reversed_digits else str
     text = [notation.HEADER, notation.restatement([*task.nums, task.target])] if reversed_digits else []
     for line in lines:
-        if len(line) == 3:
+        if len(line) == 3 and isinstance(line[0], list):
+            terms, _, target = line
+            text.append(f"{_equation(terms, write)} = {write(target)}")
+        elif len(line) == 3:
             value, _, target = line
             text.append(f"{write(value)} != {write(target)}")
         else:
