@@ -22,7 +22,8 @@ the target, then the solution), the rare self-checking behaviour GRPO could ampl
 `--bare-share 0` drops the bare answers; `--near-misses` makes the wrong candidates the solution
 with another last operation; `--sum-share S` adds a share of `traces.sum_trace` tries;
 `--fixable-share F` makes F of every batch sum tries on tasks the try fixes (`traces.sum_try_fixes`);
-`--flip-line` ends a fixed sum try's thought with the answer's equation (`traces.sum_trace`);
+`--flip-line` ends a fixed sum try's thought with the answer's equation (`traces.sum_trace`) and
+`--subtract-last` moves the subtracted number to the end of that answer;
 `--result-weight W` weighs the loss on step-line results W times (`--answer-weight` the answer's
 equation); `--init-from DIR` trains DIR's model further instead of a new one; `--probe-tasks N`
 logs greedy accuracy, self-check rate and the share of wrong step lines (`selfcheck.steps`) on N
@@ -84,6 +85,7 @@ class TraceMix:
     # of the mix's own (~30% of its sum tries): the retry and the flipped answer are trained on more often
     fixable: float = 0.0
     flip_line: bool = False  # sum tries write the answer's equation as their last line (`traces.sum_trace`)
+    subtract_last: bool = False  # and their answers subtract h last
 
 
 def tokenizer_corpus(num_tasks: int, seed: int, mix: TraceMix) -> list[str]:
@@ -164,7 +166,9 @@ def warm_start_completion(task: Task, rng: random.Random, mix: TraceMix = TraceM
     elif kind < mix.search + mix.give_up:
         text = search_trace(task, rng, 0, give_up=True, near=mix.near, reversed_digits=mix.reversed_digits)
     elif kind < mix.search + mix.give_up + mix.sum_first:
-        text = sum_trace(task, reversed_digits=mix.reversed_digits, flip_line=mix.flip_line)
+        text = sum_trace(
+            task, reversed_digits=mix.reversed_digits, flip_line=mix.flip_line, subtract_last=mix.subtract_last
+        )
     elif mix.reversed_digits:
         text = search_trace(task, rng, 0, reversed_digits=True)
     else:
@@ -241,7 +245,15 @@ def example_batches(batch_size: int, seed: int, exclude: set[Task], mix: TraceMi
             fixed = [
                 t for t in generate_tasks(4 * batch_size, SFT_SEED_BASE + rng.randrange(10**9)) if sum_try_fixes(t)
             ]
-            fixed = [(t, sum_trace(t, reversed_digits=mix.reversed_digits, flip_line=mix.flip_line)) for t in fixed]
+            fixed = [
+                (
+                    t,
+                    sum_trace(
+                        t, reversed_digits=mix.reversed_digits, flip_line=mix.flip_line, subtract_last=mix.subtract_last
+                    ),
+                )
+                for t in fixed
+            ]
             fixed = [(t, c) for t, c in fixed if t not in exclude and c is not None]
             keep = round(mix.fixable * len(pairs))
             pairs = fixed[:keep] + pairs[: len(pairs) - min(keep, len(fixed))]
@@ -356,6 +368,7 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--flip-line", action="store_true", help="sum tries write the answer's equation as their thought's last line"
     )
+    parser.add_argument("--subtract-last", action="store_true", help="a fixed sum try's answer subtracts h last")
     parser.add_argument("--reversed-digits", action="store_true", help="thoughts in countdown.notation")
     parser.add_argument("--arith-steps", type=int, default=0, help="steps on single step lines first (notation)")
     parser.add_argument("--arith-batch-size", type=int, default=128)
@@ -390,12 +403,18 @@ def trace_mix(args: argparse.Namespace) -> TraceMix:
         reversed_digits=args.reversed_digits,
         fixable=args.fixable_share,
         flip_line=args.flip_line,
+        subtract_last=args.subtract_last,
     )
 
 
 def mix_arguments(mix: TraceMix) -> list[str]:
     """The command-line arguments that ask for `mix` (`trace_mix` reads them back)."""
-    flags = ["--near-misses"] * mix.near + ["--reversed-digits"] * mix.reversed_digits + ["--flip-line"] * mix.flip_line
+    flags = (
+        ["--near-misses"] * mix.near
+        + ["--reversed-digits"] * mix.reversed_digits
+        + ["--flip-line"] * mix.flip_line
+        + ["--subtract-last"] * mix.subtract_last
+    )
     shares = {"--bare-share": mix.bare, "--search-share": mix.search, "--give-up-share": mix.give_up}
     shares |= {"--sum-share": mix.sum_first, "--max-misses": mix.max_misses, "--fixable-share": mix.fixable}
     return [*flags, *(str(part) for item in shares.items() for part in item)]

@@ -185,6 +185,12 @@ def test_a_flip_line_writes_the_answers_equation_in_the_thoughts_notation_and_ch
         assert judge(text, task.target, task.nums).correct
 
 
+def test_subtract_last_moves_the_subtracted_number_to_the_end_of_the_line_and_the_answer():
+    text = sum_trace(Task(76, (35, 44, 19, 16)), reversed_digits=True, flip_line=True, subtract_last=True)
+    assert "530 + 440 + 610 - 910 = 670\n</think>" in text and text.endswith("<answer> 35 + 44 + 16 - 19 </answer>")
+    assert judge(text, 76, (35, 44, 19, 16)).correct
+
+
 def test_a_trace_that_gives_up_answers_its_last_wrong_candidate_unchecked():
     rng = random.Random(2)
     for task in generate_tasks(100, 7):

@@ -154,7 +154,9 @@ def search_trace(
     return render(task, tried, last, reversed_digits)
 
 
-def sum_trace(task: Task, *, reversed_digits: bool = False, flip_line: bool = False) -> str | None:
+def sum_trace(
+    task: Task, *, reversed_digits: bool = False, flip_line: bool = False, subtract_last: bool = False
+) -> str | None:
     """A systematic first try: add every number (in the task's order); if the sum S misses the target
     T, reject it, compute how far off it is (S - T = D, D / 2 = h) and, when h is one of the numbers,
     subtract it twice from the sum (S - h = O, O - h = T: adding h was the mistake) and answer the
@@ -169,7 +171,9 @@ def sum_trace(task: Task, *, reversed_digits: bool = False, flip_line: bool = Fa
     notation and with the target as its value ("690 + 010 - 630 = 070"): the flipped sign is then
     chosen beside the restatement, where h is written the same way as the numbers, and the answer
     copies the signs from the line above (scripts/README.md section 7: without it, a quarter of the
-    answers after a right retry wrote h twice).
+    answers after a right retry wrote h twice). `subtract_last` moves h to the end of the answer
+    ("44 + 16 + 35 - 19"), the order a model trained on the flipped order wrote in its own
+    flip lines (section 7).
     None when the task has no integer solution or (`reversed_digits`) a number does not fit the
     notation.
     """
@@ -189,7 +193,7 @@ def sum_trace(task: Task, *, reversed_digits: bool = False, flip_line: bool = Fa
             lines.append((excess, "/", 2, half))
     if half in task.nums:
         lines += [(total, "-", half, total - half), (total - half, "-", half, task.target)]
-        terms = _flipped(task.nums, half)
+        terms = _flipped(task.nums, half, last=subtract_last)
         if flip_line:
             lines.append((terms, "=", task.target))
         return _completion(task, lines, _equation(terms, str), reversed_digits)
@@ -202,13 +206,14 @@ def sum_try_fixes(task: Task) -> bool:
     return total != task.target and any(total - 2 * n == task.target for n in task.nums)
 
 
-def _flipped(numbers, subtracted: int) -> list[tuple[str, int]]:
+def _flipped(numbers, subtracted: int, last: bool = False) -> list[tuple[str, int]]:
     """The terms of the sum of `numbers` in their order with one `subtracted` instead of added
-    (35 + 44 - 19); a first number to subtract goes last, since the answer has no unary minus."""
+    (35 + 44 - 19); a first number to subtract goes last, since the answer has no unary minus, and
+    with `last` every one does."""
     order = list(numbers)
     at = order.index(subtracted)
-    if at == 0:
-        order.append(order.pop(0))
+    if at == 0 or last:
+        order.append(order.pop(at))
         at = len(order) - 1
     return [("-" if i == at else "+", n) for i, n in enumerate(order)]
 
