@@ -166,9 +166,7 @@ def warm_start_completion(task: Task, rng: random.Random, mix: TraceMix = TraceM
     elif kind < mix.search + mix.give_up:
         text = search_trace(task, rng, 0, give_up=True, near=mix.near, reversed_digits=mix.reversed_digits)
     elif kind < mix.search + mix.give_up + mix.sum_first:
-        text = sum_trace(
-            task, reversed_digits=mix.reversed_digits, flip_line=mix.flip_line, subtract_last=mix.subtract_last
-        )
+        text = mix_sum_trace(task, mix)
     elif mix.reversed_digits:
         text = search_trace(task, rng, 0, reversed_digits=True)
     else:
@@ -178,6 +176,13 @@ def warm_start_completion(task: Task, rng: random.Random, mix: TraceMix = TraceM
     if rng.random() < mix.bare:
         text = text[: text.index("<answer>")] + f"<answer> {task.target} </answer>"
     return text
+
+
+def mix_sum_trace(task: Task, mix: TraceMix) -> str | None:
+    """`traces.sum_trace` in the notation and answer layout `mix` asks for."""
+    return sum_trace(
+        task, reversed_digits=mix.reversed_digits, flip_line=mix.flip_line, subtract_last=mix.subtract_last
+    )
 
 
 # The result of a step line "a op b = v" (not of "v != T"), and the answer's equation.
@@ -245,16 +250,8 @@ def example_batches(batch_size: int, seed: int, exclude: set[Task], mix: TraceMi
             fixed = [
                 t for t in generate_tasks(4 * batch_size, SFT_SEED_BASE + rng.randrange(10**9)) if sum_try_fixes(t)
             ]
-            fixed = [
-                (
-                    t,
-                    sum_trace(
-                        t, reversed_digits=mix.reversed_digits, flip_line=mix.flip_line, subtract_last=mix.subtract_last
-                    ),
-                )
-                for t in fixed
-            ]
-            fixed = [(t, c) for t, c in fixed if t not in exclude and c is not None]
+            fixed = [(t, mix_sum_trace(t, mix)) for t in fixed if t not in exclude]
+            fixed = [(t, c) for t, c in fixed if c is not None]
             keep = round(mix.fixable * len(pairs))
             pairs = fixed[:keep] + pairs[: len(pairs) - min(keep, len(fixed))]
         pairs = [(t, c) for t, c in pairs if c is not None]

@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 
 import mlx_lm
 
 from mlx_grpo.countdown import selfcheck
-from mlx_grpo.countdown.expr import extract_equation
 from mlx_grpo.countdown.solver import reaches
 from mlx_grpo.countdown.traces import sum_try_fixes
 from mlx_grpo.demo import EVAL_SEED, MAX_TOKENS, held_out_tasks
@@ -75,11 +73,10 @@ def sum_try_stage(steps, nums, target: int, correct: bool) -> int:
     return 4 + correct
 
 
-def answer_miss(completion: str, nums) -> str:
-    """Why a sum try's answer missed after a right retry: "numbers" when the answer does not use the
-    task's numbers once each (the subtracted number written twice, say), "signs" when it does."""
-    literals = re.findall(r"\d+", extract_equation(completion) or "")
-    return "signs" if sorted(int(n) for n in literals) == sorted(nums) else "numbers"
+def answer_miss(verdict) -> str:
+    """Why a sum try's answer missed after a right retry: "numbers" when the answer is not an equation
+    over the task's numbers (the subtracted number written twice, say), "signs" when it is."""
+    return "signs" if verdict.is_equation else "numbers"
 
 
 def last_step_ceiling(model, tokenizer, tasks, max_tokens: int) -> dict:
@@ -129,7 +126,7 @@ def measure(
                     stage = sum_try_stage(steps, task.nums, task.target, verdict.correct)
                     stages[stage] += 1
                     if stage == len(SUM_STAGES) - 1:
-                        misses[answer_miss(completion, task.nums)] += 1
+                        misses[answer_miss(verdict)] += 1
             solved += any(group[True] + group[False])
             if group[True] and group[False]:
                 gaps.append(sum(group[True]) / len(group[True]) - sum(group[False]) / len(group[False]))

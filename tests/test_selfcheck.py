@@ -282,9 +282,11 @@ def test_answer_miss_tells_a_repeated_number_from_a_wrong_sign():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from selfcheck_pays import answer_miss
 
-    nums = (94, 49, 79)
-    assert answer_miss("<think>\n</think>\n<answer> 94 - 79 + 79 </answer>", nums) == "numbers"
-    assert answer_miss("<think>\n</think>\n<answer> 94 - 49 + 79 </answer>", nums) == "signs"
-    assert answer_miss("<think>\n</think>\n<answer> 49 + 79 - 94 </answer>", nums) == "signs"
-    assert answer_miss("<think>\n</think>\n<answer> 94 + 49 </answer>", nums) == "numbers"
-    assert answer_miss("<think>\n</think>\n", nums) == "numbers"  # no answer at all
+    def miss(completion):
+        return answer_miss(judge(completion, 64, (94, 49, 79)))
+
+    assert miss("<think>\n</think>\n<answer> 94 - 79 + 79 </answer>") == "numbers"
+    assert miss("<think>\n</think>\n<answer> 94 - 49 + 79 </answer>") == "signs"
+    assert miss("<think>\n</think>\n<answer> 49 + 79 - 94 </answer>") == "signs"
+    assert miss("<think>\n</think>\n<answer> 94 + 49 </answer>") == "numbers"
+    assert miss("<think>\n</think>\n") == "numbers"  # no answer at all
