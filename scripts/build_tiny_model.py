@@ -25,7 +25,8 @@ with another last operation; `--sum-share S` adds a share of `traces.sum_trace` 
 `--flip-line` ends a fixed sum try's thought with the answer's equation (`traces.sum_trace`) and
 `--subtract-last` moves the subtracted number to the end of that answer;
 `--result-weight W` weighs the loss on step-line results W times (`--answer-weight` the answer's
-equation); `--init-from DIR` trains DIR's model further instead of a new one; `--probe-tasks N`
+equation) and `--opening-only` trains the thought's opening alone (up to where it stops
+adding up every number: which try it makes); `--init-from DIR` trains DIR's model further instead of a new one; `--probe-tasks N`
 logs greedy accuracy, self-check rate and the share of wrong step lines (`selfcheck.steps`) on N
 held-out tasks at each log line.
 
@@ -190,11 +191,18 @@ _WEIGHTED = re.compile(r"(?<= = )(?P<result>\d+)|(?<=<answer> )(?P<answer>[^<]+?
 
 
 def encode_example(
-    tokenizer, task: Task, completion: str, stop_id: int, result_weight: float = 1.0, answer_weight: float = 1.0
+    tokenizer,
+    task: Task,
+    completion: str,
+    stop_id: int,
+    result_weight: float = 1.0,
+    answer_weight: float = 1.0,
+    loss_end: int | None = None,
 ) -> tuple[list[int], list[float]]:
     """Prompt + completion + stop token as ids, and a loss weight per id: 0 on the prompt,
     `result_weight` on the digits of step-line results, `answer_weight` on the answer's equation,
     1 elsewhere (the completion encoded whole, each token weighted by where its characters are).
+    With `loss_end`, 0 on the completion's characters from there on and on the stop token.
 
     A token that straddles the edge of a weighted span (" (" before an answer) takes its weight."""
     prompt = build_prompt(tokenizer, task)
@@ -205,7 +213,23 @@ def encode_example(
         for m in _WEIGHTED.finditer(completion)
     ]
     weights = [next((w for a, b, w in spans if start < b and end > a), 1.0) for start, end in encoding.offsets]
-    return [*prompt_ids, *encoding.ids, stop_id], [0.0] * len(prompt_ids) + weights + [1.0]
+    stop_weight = 1.0
+    if loss_end is not None:
+        weights = [w if start < loss_end else 0.0 for w, (start, _) in zip(weights, encoding.offsets)]
+        stop_weight = 0.0
+    return [*prompt_ids, *encoding.ids, stop_id], [0.0] * len(prompt_ids) + weights + [stop_weight]
+
+
+def opening_end(task: Task, completion: str, mix: TraceMix) -> int:
+    """Where the thought's opening ends: after its first line that is not the sum try's adding up
+    of every number (the sum try's check "S != T", or the line where a worked solution or a give-up
+    does something else). Trained on the opening alone, a latent stage moves how often each kind of
+    trace is begun and leaves how each goes on as the stages before taught it."""
+    lines = completion.splitlines(keepends=True)
+    summing = (mix_sum_trace(task, mix) or "").splitlines(keepends=True)
+    summing = summing[: next((i for i, line in enumerate(summing) if "!=" in line), len(summing))]
+    shared = next((i for i, (a, b) in enumerate(zip(lines, summing)) if a != b), min(len(lines), len(summing)))
+    return sum(len(line) for line in lines[: shared + 1])
 
 
 def make_batch(
@@ -215,11 +239,23 @@ def make_batch(
     pad_id: int,
     result_weight: float = 1.0,
     answer_weight: float = 1.0,
+    opening_of: TraceMix | None = None,
 ) -> tuple[mx.array, mx.array]:
     """Right-padded ids `[B, L]` and loss weights `[B, L-1]`: 0 on the prompt and padding, 1 on the
-    completion, `result_weight` on step-line results, `answer_weight` on the answer's equation
-    (`encode_example`)."""
-    examples = [encode_example(tokenizer, t, c, stop_id, result_weight, answer_weight) for t, c in pairs]
+    completion, `result_weight` on step-line results, `answer_weight` on the answer's equation, and
+    with `opening_of` (the mix the pairs come from) 0 after the thought's opening (`opening_end`)."""
+    examples = [
+        encode_example(
+            tokenizer,
+            t,
+            c,
+            stop_id,
+            result_weight,
+            answer_weight,
+            opening_end(t, c, opening_of) if opening_of else None,
+        )
+        for t, c in pairs
+    ]
     width = max(len(ids) for ids, _ in examples)
     ids = np.full((len(examples), width), pad_id, dtype=np.int32)
     mask = np.zeros((len(examples), width - 1), dtype=np.float32)
@@ -281,6 +317,7 @@ def supervised_warm_start(
     cooldown: int = 0,
     result_weight: float = 1.0,
     answer_weight: float = 1.0,
+    opening_only: bool = False,
     log_every: int = 25,
     probe=None,
 ) -> list[dict]:
@@ -296,7 +333,9 @@ def supervised_warm_start(
     batches = example_batches(batch_size, seed, exclude, mix)
     log, start, cpu_start, running = [], time.time(), time.process_time(), []
     for step in range(1, steps + 1):
-        ids, mask = make_batch(tokenizer, next(batches), stop_id, pad_id, result_weight, answer_weight)
+        ids, mask = make_batch(
+            tokenizer, next(batches), stop_id, pad_id, result_weight, answer_weight, mix if opening_only else None
+        )
         loss, grads = loss_and_grad(model, ids, mask)
         grads, _ = optim.clip_grad_norm(grads, 1.0)
         optimizer.update(model, grads)
@@ -374,6 +413,11 @@ def argument_parser() -> argparse.ArgumentParser:
         "--result-weight", type=float, default=1.0, help="loss weight of step-line results (other tokens: 1)"
     )
     parser.add_argument("--answer-weight", type=float, default=1.0, help="loss weight of the answer's equation")
+    parser.add_argument(
+        "--opening-only",
+        action="store_true",
+        help="loss on the thought's opening only: up to where it stops adding up every number (which try it makes)",
+    )
     parser.add_argument("--embed-std", type=float, default=None, help="std of the embedding at init (default 0.02)")
     parser.add_argument("--max-tokens", type=int, default=None, help="evaluation budget (default: the demo's)")
     parser.add_argument("--rope-theta", type=float, default=10_000.0)
@@ -495,6 +539,7 @@ def main(argv=None) -> None:
         cooldown=args.cooldown,
         result_weight=args.result_weight,
         answer_weight=args.answer_weight,
+        opening_only=args.opening_only,
         seed=args.seed if args.data_seed is None else args.data_seed,
         exclude=exclude,
         mix=mix,

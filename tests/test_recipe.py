@@ -114,6 +114,44 @@ def test_loss_weights_fall_on_step_results_and_the_answer_and_the_ids_are_the_wh
         assert answer in weighted and weighted in completion[completion.index("</think>") + 8 :]
 
 
+def test_opening_only_weighs_the_thought_up_to_where_it_stops_adding_every_number():
+    import mlx_lm
+
+    from mlx_grpo.countdown.prompts import build_prompt
+    from mlx_grpo.demo import BUNDLED_MODEL
+
+    _, tokenizer = mlx_lm.load(str(BUNDLED_MODEL))
+    rng = random.Random(0)
+    mix = recipe.TraceMix(bare=0.0, give_up=0.35, sum_first=0.15, near=True, reversed_digits=True)
+    stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    kinds = set()
+    for task in TASKS[:300]:
+        completion = recipe.warm_start_completion(task, rng, mix)
+        if completion is None:
+            continue
+        end = recipe.opening_end(task, completion, mix)
+        opening = completion[:end].splitlines()
+        summing = recipe.mix_sum_trace(task, mix).splitlines()
+        # every line but the last is the sum try's adding up; the last is its check or a departure
+        assert opening[:-1] == summing[: len(opening) - 1] and "!=" not in "".join(opening[:-1])
+        if end == len(completion):  # the numbers add up to the target: nothing to check
+            assert opening == summing and "!=" not in completion
+        elif opening[-1] == summing[len(opening) - 1]:
+            assert "!=" in opening[-1] and completion == recipe.mix_sum_trace(task, mix)
+            kinds.add("sum try")
+        else:
+            kinds.add("other")
+        ids, weights = recipe.encode_example(tokenizer, task, completion, stop_id, 5.0, 3.0, loss_end=end)
+        prompt = tokenizer.encode(build_prompt(tokenizer, task).text, add_special_tokens=False)
+        assert weights[-1] == 0.0 and weights[: len(prompt)] == [0.0] * len(prompt)
+        weighted = [i for i, w in zip(ids, weights) if w > 0]  # a token across the edge takes its weight
+        assert completion.startswith(tokenizer.decode(weighted)) and tokenizer.decode(weighted).startswith(
+            completion[:end]
+        )
+        assert len(tokenizer.decode(weighted[:-1])) < end
+    assert kinds == {"sum try", "other"}
+
+
 def test_recipe_is_reproducible_from_its_seed(tmp_path):
     def build(out: Path, seed: int) -> dict[str, str]:
         recipe.main(
