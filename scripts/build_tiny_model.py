@@ -26,7 +26,8 @@ with another last operation; `--sum-share S` adds a share of `traces.sum_trace` 
 `--subtract-last` moves the subtracted number to the end of that answer;
 `--result-weight W` weighs the loss on step-line results W times (`--answer-weight` the answer's
 equation) and `--opening-only` trains the thought's opening alone (up to where it stops
-adding up every number: which try it makes); `--init-from DIR` trains DIR's model further instead of a new one; `--probe-tasks N`
+adding up every number: which try it makes), and `--rehearse-share R` fills R of its batches with
+fixable sum tries trained on the rest alone (how the try goes on); `--init-from DIR` trains DIR's model further instead of a new one; `--probe-tasks N`
 logs greedy accuracy, self-check rate and the share of wrong step lines (`selfcheck.steps`) on N
 held-out tasks at each log line.
 
@@ -197,12 +198,13 @@ def encode_example(
     stop_id: int,
     result_weight: float = 1.0,
     answer_weight: float = 1.0,
-    loss_end: int | None = None,
+    window: tuple[int, int | None] = (0, None),
 ) -> tuple[list[int], list[float]]:
     """Prompt + completion + stop token as ids, and a loss weight per id: 0 on the prompt,
     `result_weight` on the digits of step-line results, `answer_weight` on the answer's equation,
     1 elsewhere (the completion encoded whole, each token weighted by where its characters are).
-    With `loss_end`, 0 on the completion's characters from there on and on the stop token.
+    `window` (first, end) of the completion's characters is all the loss sees: 0 outside it, and on
+    the stop token unless the window runs to the end (None).
 
     A token that straddles the edge of a weighted span (" (" before an answer) takes its weight."""
     prompt = build_prompt(tokenizer, task)
@@ -213,10 +215,12 @@ def encode_example(
         for m in _WEIGHTED.finditer(completion)
     ]
     weights = [next((w for a, b, w in spans if start < b and end > a), 1.0) for start, end in encoding.offsets]
-    stop_weight = 1.0
-    if loss_end is not None:
-        weights = [w if start < loss_end else 0.0 for w, (start, _) in zip(weights, encoding.offsets)]
-        stop_weight = 0.0
+    first, end = window
+    weights = [  # a token across an edge of the window is in it if it ends inside
+        w if stop > first and (end is None or start < end) else 0.0
+        for w, (start, stop) in zip(weights, encoding.offsets)
+    ]
+    stop_weight = 1.0 if end is None else 0.0
     return [*prompt_ids, *encoding.ids, stop_id], [0.0] * len(prompt_ids) + weights + [stop_weight]
 
 
@@ -224,7 +228,7 @@ def opening_end(task: Task, completion: str, mix: TraceMix) -> int:
     """Where the thought's opening ends: after its first line that is not the sum try's adding up
     of every number (the sum try's check "S != T", or the line where a worked solution or a give-up
     does something else). Trained on the opening alone, a latent stage moves how often each kind of
-    trace is begun and leaves how each goes on as the stages before taught it."""
+    trace is begun; trained on the rest alone (`--rehearse-share`), sum tries keep how they go on."""
     lines = completion.splitlines(keepends=True)
     summing = (mix_sum_trace(task, mix) or "").splitlines(keepends=True)
     summing = summing[: next((i for i, line in enumerate(summing) if "!=" in line), len(summing))]
@@ -239,22 +243,15 @@ def make_batch(
     pad_id: int,
     result_weight: float = 1.0,
     answer_weight: float = 1.0,
-    opening_of: TraceMix | None = None,
+    windows: list[tuple[int, int | None]] | None = None,
 ) -> tuple[mx.array, mx.array]:
     """Right-padded ids `[B, L]` and loss weights `[B, L-1]`: 0 on the prompt and padding, 1 on the
     completion, `result_weight` on step-line results, `answer_weight` on the answer's equation, and
-    with `opening_of` (the mix the pairs come from) 0 after the thought's opening (`opening_end`)."""
+    0 outside each completion's loss window if `windows` are given (`encode_example`)."""
+    windows = windows or [(0, None)] * len(pairs)
     examples = [
-        encode_example(
-            tokenizer,
-            t,
-            c,
-            stop_id,
-            result_weight,
-            answer_weight,
-            opening_end(t, c, opening_of) if opening_of else None,
-        )
-        for t, c in pairs
+        encode_example(tokenizer, t, c, stop_id, result_weight, answer_weight, window)
+        for (t, c), window in zip(pairs, windows)
     ]
     width = max(len(ids) for ids, _ in examples)
     ids = np.full((len(examples), width), pad_id, dtype=np.int32)
@@ -283,16 +280,50 @@ def example_batches(batch_size: int, seed: int, exclude: set[Task], mix: TraceMi
         index += 1
         pairs = [(t, warm_start_completion(t, rng, mix)) for t in tasks]
         if mix.fixable:
-            fixed = [
-                t for t in generate_tasks(4 * batch_size, SFT_SEED_BASE + rng.randrange(10**9)) if sum_try_fixes(t)
-            ]
-            fixed = [(t, mix_sum_trace(t, mix)) for t in fixed if t not in exclude]
-            fixed = [(t, c) for t, c in fixed if c is not None]
+            fixed = fixable_sum_tries(
+                generate_tasks(4 * batch_size, SFT_SEED_BASE + rng.randrange(10**9)), exclude, mix
+            )
             keep = round(mix.fixable * len(pairs))
             pairs = fixed[:keep] + pairs[: len(pairs) - min(keep, len(fixed))]
         pairs = [(t, c) for t, c in pairs if c is not None]
         if pairs:
             yield pairs
+
+
+def fixable_sum_tries(tasks: list[Task], exclude: set[Task], mix: TraceMix) -> list[tuple[Task, str]]:
+    """(task, sum try) for the tasks the try fixes, none of `exclude`."""
+    tries = [(t, mix_sum_trace(t, mix)) for t in tasks if sum_try_fixes(t) and t not in exclude]
+    return [(t, c) for t, c in tries if c is not None]
+
+
+def fixable_batches(batch_size: int, seed: int, exclude: set[Task], mix: TraceMix):
+    """`batch_size` fixable sum tries on fresh generated tasks at a time, forever."""
+    rng = random.Random(seed)
+    while True:
+        pairs = []
+        while len(pairs) < batch_size:
+            pairs += fixable_sum_tries(
+                generate_tasks(4 * batch_size, SFT_SEED_BASE + rng.randrange(10**9)), exclude, mix
+            )
+        yield pairs[:batch_size]
+
+
+def training_batches(
+    batch_size: int, seed: int, exclude: set[Task], mix: TraceMix, opening_only: bool, rehearse: float
+):
+    """(pairs, loss windows) forever: `example_batches` whole, or with `opening_only` the mix's
+    openings and, for a share `rehearse` of the batch, fixable sum tries after their opening."""
+    if not opening_only:
+        yield from ((pairs, None) for pairs in example_batches(batch_size, seed, exclude, mix))
+        return
+    kept = round(batch_size * rehearse)
+    latent = example_batches(batch_size - kept, seed, exclude, mix)
+    fixed = fixable_batches(kept, seed + 1, exclude, mix) if kept else None
+    while True:
+        pairs = [(t, c, (0, opening_end(t, c, mix))) for t, c in next(latent)]
+        if fixed:
+            pairs += [(t, c, (opening_end(t, c, mix), None)) for t, c in next(fixed)]
+        yield [(t, c) for t, c, _ in pairs], [window for _, _, window in pairs]
 
 
 def lr_schedule(lr: float, steps: int, warmup: int, cooldown: int):
@@ -318,10 +349,14 @@ def supervised_warm_start(
     result_weight: float = 1.0,
     answer_weight: float = 1.0,
     opening_only: bool = False,
+    rehearse: float = 0.0,
     log_every: int = 25,
     probe=None,
 ) -> list[dict]:
     """AdamW on the completion-only loss for `steps` batches; returns the loss log.
+
+    `opening_only`: the mix's completions train their opening alone (`opening_end`), and a share
+    `rehearse` of every batch is sum tries on tasks the try fixes, trained on the rest alone.
 
     `probe(model) -> dict`, if given, is merged into each log line (e.g. a quick greedy accuracy).
     """
@@ -330,12 +365,11 @@ def supervised_warm_start(
     mx.random.seed(seed)
     optimizer = optim.AdamW(learning_rate=lr_schedule(lr, steps, warmup, cooldown), weight_decay=0.0)
     loss_and_grad = nn.value_and_grad(model, completion_loss)
-    batches = example_batches(batch_size, seed, exclude, mix)
+    batches = training_batches(batch_size, seed, exclude, mix, opening_only, rehearse)
     log, start, cpu_start, running = [], time.time(), time.process_time(), []
     for step in range(1, steps + 1):
-        ids, mask = make_batch(
-            tokenizer, next(batches), stop_id, pad_id, result_weight, answer_weight, mix if opening_only else None
-        )
+        pairs, windows = next(batches)
+        ids, mask = make_batch(tokenizer, pairs, stop_id, pad_id, result_weight, answer_weight, windows)
         loss, grads = loss_and_grad(model, ids, mask)
         grads, _ = optim.clip_grad_norm(grads, 1.0)
         optimizer.update(model, grads)
@@ -417,6 +451,12 @@ def argument_parser() -> argparse.ArgumentParser:
         "--opening-only",
         action="store_true",
         help="loss on the thought's opening only: up to where it stops adding up every number (which try it makes)",
+    )
+    parser.add_argument(
+        "--rehearse-share",
+        type=float,
+        default=0.0,
+        help="with --opening-only: share of each batch, fixable sum tries trained after their opening",
     )
     parser.add_argument("--embed-std", type=float, default=None, help="std of the embedding at init (default 0.02)")
     parser.add_argument("--max-tokens", type=int, default=None, help="evaluation budget (default: the demo's)")
@@ -540,6 +580,7 @@ def main(argv=None) -> None:
         result_weight=args.result_weight,
         answer_weight=args.answer_weight,
         opening_only=args.opening_only,
+        rehearse=args.rehearse_share,
         seed=args.seed if args.data_seed is None else args.data_seed,
         exclude=exclude,
         mix=mix,

@@ -141,7 +141,7 @@ def test_opening_only_weighs_the_thought_up_to_where_it_stops_adding_every_numbe
             kinds.add("sum try")
         else:
             kinds.add("other")
-        ids, weights = recipe.encode_example(tokenizer, task, completion, stop_id, 5.0, 3.0, loss_end=end)
+        ids, weights = recipe.encode_example(tokenizer, task, completion, stop_id, 5.0, 3.0, window=(0, end))
         prompt = tokenizer.encode(build_prompt(tokenizer, task).text, add_special_tokens=False)
         assert weights[-1] == 0.0 and weights[: len(prompt)] == [0.0] * len(prompt)
         weighted = [i for i, w in zip(ids, weights) if w > 0]  # a token across the edge takes its weight
@@ -150,6 +150,34 @@ def test_opening_only_weighs_the_thought_up_to_where_it_stops_adding_every_numbe
         )
         assert len(tokenizer.decode(weighted[:-1])) < end
     assert kinds == {"sum try", "other"}
+
+
+def test_a_rehearsing_latent_batch_trains_the_mix_s_openings_and_fixable_sum_tries_after_theirs():
+    import mlx_lm
+
+    from mlx_grpo.demo import BUNDLED_MODEL
+
+    _, tokenizer = mlx_lm.load(str(BUNDLED_MODEL))
+    mix = recipe.TraceMix(bare=0.0, give_up=0.35, sum_first=0.15, near=True, reversed_digits=True)
+    batches = recipe.training_batches(32, 3, set(), mix, opening_only=True, rehearse=0.25)
+    stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for _ in range(3):
+        pairs, windows = next(batches)
+        latent = [(pair, w) for pair, w in zip(pairs, windows) if w[0] == 0]
+        fixed = [(pair, w) for pair, w in zip(pairs, windows) if w[0] > 0]
+        assert len(latent) >= 20 and all(w == (0, recipe.opening_end(t, c, mix)) for (t, c), w in latent)
+        assert len(fixed) == 8 and all(sum_try_fixes(t) and c == recipe.mix_sum_trace(t, mix) for (t, c), _ in fixed)
+        for (task, completion), window in fixed:
+            assert window == (recipe.opening_end(task, completion, mix), None)
+            ids, weights = recipe.encode_example(tokenizer, task, completion, stop_id, window=window)
+            assert weights[-1] == 1.0  # the stop token: the rest of the completion runs to the end
+            text = tokenizer.decode([i for i, w in zip(ids[:-1], weights[:-1]) if w > 0])
+            assert completion.endswith(text) and text.endswith(completion[window[0] :][-20:])
+            assert len(text) >= len(completion) - window[0]  # a token across the edge is in it
+        ids, mask = recipe.make_batch(tokenizer, pairs, stop_id, 0, windows=windows)
+        assert ids.shape[0] == len(pairs) and float(mask.sum()) > 0
+    whole = recipe.training_batches(32, 3, set(), mix, opening_only=False, rehearse=0.25)
+    assert next(whole) == (next(recipe.example_batches(32, 3, set(), mix)), None)
 
 
 def test_recipe_is_reproducible_from_its_seed(tmp_path):
