@@ -1,28 +1,27 @@
-"""Build the self-checking warm start of scripts/README.md section 7 from the shipped model, seeded.
+"""Build the self-checking warm start of scripts/README.md section 7 (the bundled model), seeded.
 
-    python scripts/build_tiny_model.py --out /tmp/base      # the shipped model, from nothing (~25 min)
+    python scripts/build_tiny_model.py --out /tmp/base      # section 5's bare-answer model (~25 min)
     python scripts/aha_recipe.py --from /tmp/base --out /tmp/aha
 
 Each stage is one `build_tiny_model.py` run that continues the last (`--init-from`) on fresh tasks
-(data seed `--seed` + 1,000 x the stage's index); intermediate models go to `<out>-stages/<name>`,
+(data seed `--seed` + the stage's `DATA_SEEDS`); intermediate models go to `<out>-stages/<name>`,
 the last stage to `<out>` with the GRPO preset it was measured with (`mlx_grpo.yaml`), and the wall
-time of every stage to `<out>-stages/recipe.json`. The stages are the lineage that worked (E2 ...
-L1), without its search-trace detours:
+time of every stage to `<out>-stages/recipe.json`. The stages:
 
 1. `arith`: single step lines and restatements in the reversed-digit notation (stage 0), then the
    sum-try mix with the step-line results weighted 30, where in-trace arithmetic appears as a
-   phase change (G1);
-2. `execute`, `execute-more`: the same mix with the results weighted 5, where the sum try's
-   execution keeps improving with steps (K1 ... K4);
-3. `latent`: a short, low-lr phase with the sum try at a 15% share (L1), so the behaviour is latent
-   and GRPO has something to raise.
+   phase change;
+2. `execute`, `execute-more`: the same mix with the results weighted 5, a share 0.7 of every batch
+   sum tries on tasks the try fixes (`--fixable-share`), where the try's execution keeps improving
+   with steps;
+3. `answer`: 600 more of them with the answer's equation weighted 5 as well (F7a5);
+4. `latent`: 150 steps at lr 1e-4 that make the sum try rare (8% of the mix) by training only the
+   thought's opening (`--opening-only`: where a trace stops adding up every number), while half of
+   every batch is fixable sum tries trained after their opening (`--rehearse-share 0.5`), so the
+   try stays as well executed as the stages before left it (R08).
 
-`--fixable-share F` makes F of every execution batch sum tries on tasks the try fixes (the mix's own
-sum tries fix ~30% of a batch), so the retry and the flipped answer, the weak stages of every run
-before, are trained ~2.7x as often per step at the default F 0.7 (0 is the recipe of Bx2). The
-latent stage's lr is 1e-4: at 3e-4 it undid most of what the execution stages had learnt
-(scripts/README.md section 7, runs F4 and F7).
-
+Trained whole, a latent stage undid the execution GRPO then has to rely on (the excess line 0.97 ->
+0.59 sampled) and every GRPO run on it ended near 0.15-0.18; see scripts/README.md section 7.
 `--fresh` starts from a new model instead of `--from`: its first stage did not learn the in-trace
 arithmetic in 800 steps (scripts/README.md section 7), so it is there to measure, not to use.
 """
@@ -47,7 +46,7 @@ from mlx_grpo.presets import PRESET_FILE  # noqa: E402
 # The sum try at a high share (mostly the sum try, some give-ups and worked solutions), and the low
 # share of the latent stage; all in the reversed-digit notation, wrong candidates near misses.
 SUM_MIX = build_tiny_model.TraceMix(bare=0.0, give_up=0.1, sum_first=0.8, near=True, reversed_digits=True)
-LATENT_MIX = build_tiny_model.TraceMix(bare=0.0, give_up=0.35, sum_first=0.15, near=True, reversed_digits=True)
+LATENT_MIX = build_tiny_model.TraceMix(bare=0.0, give_up=0.35, sum_first=0.08, near=True, reversed_digits=True)
 LATENT_LR = 1e-4
 # The GRPO settings the warm start was measured with (scripts/README.md section 7): a sum try runs
 # to ~170 tokens, and 8 prompts a step keep the demo's 60 steps near its 10 minutes on 2 cores.
@@ -61,21 +60,24 @@ GRPO_PRESET = {
 }
 COMMON = ["--batch-size", "32", "--max-tokens", "192"]
 FIXABLE_SHARE = 0.7
+# Each stage's data seed, added to --seed: those of the measured lineage (F7's first three stages,
+# then F7a5's and R08's runs), all different, so no stage replays another's tasks.
+DATA_SEEDS = {"arith": 0, "execute": 1000, "execute-more": 2000, "answer": 5000, "latent": 3000}
 
 
 def recipe_stages(fixable: float = FIXABLE_SHARE) -> dict:
     """name -> (mix, arguments, steps): the steps of stage 0 (`--arith-steps`) and of the traces.
     `fixable`: the share of each execution batch that is sum tries on tasks the try fixes."""
-    execute = (
-        dataclasses.replace(SUM_MIX, fixable=fixable),
-        ["--result-weight", "5", "--cooldown", "100"],
-        {"--sft-steps": 1200},
-    )
+    mix = dataclasses.replace(SUM_MIX, fixable=fixable)
+    execute = (mix, ["--result-weight", "5", "--cooldown", "100"], {"--sft-steps": 1200})
+    answer = (mix, ["--result-weight", "5", "--answer-weight", "5", "--cooldown", "100"], {"--sft-steps": 600})
     latent_args = ["--result-weight", "5", "--lr", str(LATENT_LR), "--cooldown", "50"]
+    latent_args += ["--opening-only", "--rehearse-share", "0.5"]
     return {
         "arith": (SUM_MIX, ["--result-weight", "30", "--cooldown", "0"], {"--arith-steps": 600, "--sft-steps": 800}),
         "execute": execute,
         "execute-more": execute,  # the same stage again, on fresh tasks
+        "answer": answer,
         "latent": (LATENT_MIX, latent_args, {"--sft-steps": 150}),
     }
 
@@ -85,7 +87,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--from", dest="init_from", default=str(BUNDLED_MODEL), help="the model the first stage trains on"
+        "--from", dest="init_from", help="the model the first stage trains on (build_tiny_model.py's default)"
     )
     parser.add_argument("--fresh", action="store_true", help="start from a fresh model instead (did not work)")
     parser.add_argument("--eval-tasks", type=int, default=300, help="held-out tasks scored at the end")
@@ -99,6 +101,8 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every stage's steps (a smoke run)")
     args = parser.parse_args(argv)
+    if not (args.init_from or args.fresh):
+        parser.error("--from DIR (section 5's model: python scripts/build_tiny_model.py --out DIR) or --fresh")
     out = Path(args.out)
     work = out.with_name(out.name + "-stages")
     for path in (out, work):
@@ -114,7 +118,7 @@ def main(argv=None) -> None:
         target = out if last else work / name
         scaled = [str(part) for flag, n in steps.items() for part in (flag, max(1, round(n * args.steps_scale)))]
         argv_stage = [*build_tiny_model.mix_arguments(mix), *COMMON, *stage_args, *scaled, *common]
-        argv_stage += ["--data-seed", str(args.seed + 1000 * number)]  # fresh tasks in every stage
+        argv_stage += ["--data-seed", str(args.seed + DATA_SEEDS[name])]  # fresh tasks in every stage
         argv_stage += ["--out", str(target), "--eval-tasks", str(args.eval_tasks if last else 0)]
         if previous:
             argv_stage += ["--init-from", str(previous)]

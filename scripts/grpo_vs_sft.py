@@ -12,8 +12,9 @@ the machine's load.
   its steps' `time/step` (sampling, scoring, update).
 - sft: the recipe's supervised training, continued: full weights, the recipe's learning rate and
   batch, on fresh generated tasks with the recipe's completions (`--sft-mix recipe`:
-  `build_tiny_model.TraceMix()`, as the shipped model was trained; `latent` and `sum`: the last
-  and the middle stage of `aha_recipe.py`); training time is the wall time of its steps.
+  `build_tiny_model.TraceMix()`, section 5's model's data; `latent-stage`: the last stage of
+  `aha_recipe.py`, which made the bundled model, continued; `latent`: its mix trained whole; `sum`:
+  the mix of its execution stages); training time is the wall time of its steps.
 
 Every `--eval-every-s` seconds of training time each arm scores greedy accuracy, completion length
 and self-check rate on `--eval-tasks` of the demo's held-out tasks (off the clock); at the end it
@@ -38,8 +39,15 @@ import build_tiny_model as recipe  # noqa: E402
 from mlx_grpo.demo import BUNDLED_MODEL, EVAL_SEED, DemoOptions, eval_sets, held_out_tasks, train_config  # noqa: E402
 
 RESULTS = REPO / "scripts" / "results" / "grpo_vs_sft"
-# --sft-mix: the completions the supervised arm trains on
-SFT_MIXES = {"recipe": recipe.TraceMix(), "latent": aha_recipe.LATENT_MIX, "sum": aha_recipe.SUM_MIX}
+# --sft-mix: the completions the supervised arm trains on, and whether on their openings only with a
+# share of rehearsed sum tries (`build_tiny_model.training_batches`): "latent-stage" is the bundled
+# model's own last stage, continued
+SFT_MIXES = {
+    "recipe": (recipe.TraceMix(), False, 0.0),
+    "latent": (aha_recipe.LATENT_MIX, False, 0.0),
+    "latent-stage": (aha_recipe.LATENT_MIX, True, 0.5),
+    "sum": (aha_recipe.SUM_MIX, False, 0.0),
+}
 FIGURES = ("accuracy", "completion_length", "self_check_rate", "equation_rate")
 
 
@@ -103,7 +111,7 @@ def run_grpo(curve: Curve, config) -> tuple:
     return training.model, training.tokenizer
 
 
-def run_sft(curve: Curve, config, seed: int, lr: float, batch_size: int, mix: recipe.TraceMix) -> tuple:
+def run_sft(curve: Curve, config, seed: int, lr: float, batch_size: int, sft_mix: str) -> tuple:
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
@@ -113,7 +121,9 @@ def run_sft(curve: Curve, config, seed: int, lr: float, batch_size: int, mix: re
     stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     # fresh tasks: a seed stream of its own, never the demo's held-out tasks
-    batches = recipe.example_batches(batch_size, 10_000 + seed, set(held_out_tasks(EVAL_SEED)), mix)
+    mix, opening_only, rehearse = SFT_MIXES[sft_mix]
+    exclude = set(held_out_tasks(EVAL_SEED))
+    batches = recipe.training_batches(batch_size, 10_000 + seed, exclude, mix, opening_only, rehearse)
     optimizer = optim.AdamW(learning_rate=lr, weight_decay=0.0)
     loss_and_grad = nn.value_and_grad(model, recipe.completion_loss)
     mx.random.seed(seed)
@@ -121,7 +131,8 @@ def run_sft(curve: Curve, config, seed: int, lr: float, batch_size: int, mix: re
     step, train_s = 0, 0.0
     while True:
         start = time.perf_counter()
-        ids, mask = recipe.make_batch(tokenizer, next(batches), stop_id, pad_id)
+        pairs, windows = next(batches)
+        ids, mask = recipe.make_batch(tokenizer, pairs, stop_id, pad_id, windows=windows)
         loss, grads = loss_and_grad(model, ids, mask)
         optimizer.update(model, optim.clip_grad_norm(grads, 1.0)[0])
         mx.eval(loss, model.parameters(), optimizer.state)
@@ -145,7 +156,7 @@ def run_arm(args) -> None:
         if args.arm == "grpo":
             model, tokenizer = run_grpo(curve, config)
         else:
-            model, tokenizer = run_sft(curve, config, args.seed, args.lr, args.batch_size, SFT_MIXES[args.sft_mix])
+            model, tokenizer = run_sft(curve, config, args.seed, args.lr, args.batch_size, args.sft_mix)
         final_sets = eval_sets(DemoOptions(quick=args.quick))
         final = {name: scores(model, tokenizer, t, config) for name, t in final_sets.items()}
         sft = {"lr": args.lr, "batch_size": args.batch_size, "mix": args.sft_mix} if args.arm == "sft" else None

@@ -34,7 +34,10 @@ def test_a_mix_survives_the_command_line(mix):
 @pytest.mark.slow
 def test_the_recipe_runs_every_stage_in_order_and_leaves_a_loadable_model(tmp_path, capsys):
     out = tmp_path / "aha"
-    aha_recipe.main(["--out", str(out), "--steps-scale", "0.005", "--probe-tasks", "0", "--eval-tasks", "4"])
+    start = str(aha_recipe.BUNDLED_MODEL)  # any model of the tokenizer; the recipe's is section 5's
+    aha_recipe.main(
+        ["--out", str(out), "--from", start, "--steps-scale", "0.005", "--probe-tasks", "0", "--eval-tasks", "4"]
+    )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     stages = [line for line in lines if "stage" in line]
     assert [s["stage"] for s in stages] == list(aha_recipe.recipe_stages())
@@ -45,6 +48,7 @@ def test_the_recipe_runs_every_stage_in_order_and_leaves_a_loadable_model(tmp_pa
         assert (parsed.init_from and Path(parsed.init_from).name) == previous  # each continues the one before
         previous = name
         data_seeds.add(parsed.data_seed)
+        assert parsed.opening_only == (name == "latent") and parsed.rehearse_share == 0.5 * (name == "latent")
     assert len(data_seeds) == len(stages)  # every stage trains on tasks of its own
     assert (
         json.loads((tmp_path / "aha-stages" / "recipe.json").read_text())["wall_s"].keys()
@@ -56,4 +60,10 @@ def test_the_recipe_runs_every_stage_in_order_and_leaves_a_loadable_model(tmp_pa
     assert build_config(None, {}, base=preset).max_completion_length == 192
     assert tokenizer.encode("440 + 910 = 360", add_special_tokens=False)
     with pytest.raises(SystemExit, match="exists"):  # a second run never replaces the first
-        aha_recipe.main(["--out", str(out)])
+        aha_recipe.main(["--out", str(out), "--from", start])
+
+
+def test_the_recipe_asks_where_to_start(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        aha_recipe.main(["--out", str(tmp_path / "aha")])
+    assert "--from DIR" in capsys.readouterr().err and not (tmp_path / "aha-stages").exists()
