@@ -54,14 +54,20 @@ def test_preset_parses_into_the_train_config():
     assert config.max_steps * config.batch_size <= config.num_samples * (1 - config.test_size) * 4
 
 
-def test_it_solves_some_held_out_tasks_greedily(bundled):
+def test_it_solves_few_held_out_tasks_greedily_and_rarely_self_checks(bundled):
     from mlx_grpo.evaluate import evaluate
+    from mlx_grpo.presets import preset_for_model
 
     model, tokenizer = bundled
     samples = []
-    result = evaluate(model, tokenizer, held_out_tasks(EVAL_SEED, 96), max_tokens=64, batch_size=96, samples=samples)
-    assert result["format_rate"] > 0.8
-    assert result["accuracy"] > 0.04
+    budget = preset_for_model(str(BUNDLED_MODEL))["max_completion_length"]  # what the demo gives it
+    tasks = held_out_tasks(EVAL_SEED, 96)
+    result = evaluate(model, tokenizer, tasks, max_tokens=budget, batch_size=96, samples=samples)
+    assert result["format_rate"] > 0.9
+    # the warm start the demo needs: it solves a few tasks, and the self-check is there but rare
+    # (measured: 4 of 96 solved, 15 of 96 self-checking)
+    assert 0 < result["accuracy"] < 0.12
+    assert 0.03 < result["self_check_rate"] < 0.35
 
     # equation rate, recounted from the answers: an arithmetic expression (operators present, no
     # division by zero) that uses the numbers exactly once
@@ -109,4 +115,4 @@ def test_shipped_tokenizer_files_agree_and_the_weights_are_the_measured_ones():
     assert backend == config and not backend["<think>"] and not backend["</think>"] and backend["<|im_end|>"]
     # The README's demo figures were measured with these weights; retraining them changes this hash.
     digest = hashlib.sha256((BUNDLED_MODEL / "model.safetensors").read_bytes()).hexdigest()
-    assert digest == "4cb8a22fe2049e03230417ad4f7405af9f7553bf0f4e941af56419d2e241d236"
+    assert digest == "08c45629fede1e69fcbabb71c286b006d028ea90a1144e031f445d03e09dcf74"
