@@ -2,6 +2,8 @@
 
     python scripts/build_tiny_model.py --out /tmp/base      # section 5's bare-answer model (~25 min)
     python scripts/aha_recipe.py --from /tmp/base --out /tmp/aha
+    python scripts/aha_recipe.py --start-at answer --out /tmp/aha \
+        --from scripts/results/aha/checkpoints/F7-execute-more     # the last two stages (~40 min)
 
 Each stage is one `build_tiny_model.py` run that continues the last (`--init-from`) on fresh tasks
 (data seed `--seed` + the stage's `DATA_SEEDS`); intermediate models go to `<out>-stages/<name>`,
@@ -99,6 +101,12 @@ def main(argv=None) -> None:
         default=FIXABLE_SHARE,
         help="share of each execution batch: sum tries on tasks the try fixes",
     )
+    parser.add_argument(
+        "--start-at",
+        choices=list(recipe_stages()),
+        default="arith",
+        help="skip the stages before this one; --from is then the stage before's model",
+    )
     parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every stage's steps (a smoke run)")
     args = parser.parse_args(argv)
     if not (args.init_from or args.fresh):
@@ -113,6 +121,8 @@ def main(argv=None) -> None:
     start_model = None if args.fresh else args.init_from
     previous, timings = start_model, {}
     stages = recipe_stages(args.fixable_share)
+    names = list(stages)
+    stages = {name: stages[name] for name in names[names.index(args.start_at) :]}
     for number, (name, (mix, stage_args, steps)) in enumerate(stages.items()):
         last = number == len(stages) - 1
         target = out if last else work / name
@@ -128,7 +138,8 @@ def main(argv=None) -> None:
         start = time.time()
         build_tiny_model.main(argv_stage)
         timings[name] = round(time.time() - start, 1)
-        recipe = {"seed": args.seed, "from": start_model, "fixable_share": args.fixable_share, "wall_s": timings}
+        recipe = {"seed": args.seed, "from": start_model, "start_at": args.start_at, "wall_s": timings}
+        recipe["fixable_share"] = args.fixable_share
         (work / "recipe.json").write_text(json.dumps(recipe))
         previous = target
     write_preset(out)

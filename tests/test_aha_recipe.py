@@ -63,6 +63,19 @@ def test_the_recipe_runs_every_stage_in_order_and_leaves_a_loadable_model(tmp_pa
         aha_recipe.main(["--out", str(out), "--from", start])
 
 
+@pytest.mark.slow
+def test_the_recipe_can_start_at_a_later_stage_from_that_stage_s_checkpoint(tmp_path, capsys):
+    out, start = tmp_path / "aha", str(aha_recipe.BUNDLED_MODEL)
+    argv = ["--out", str(out), "--from", start, "--start-at", "answer", "--steps-scale", "0.005"]
+    aha_recipe.main([*argv, "--probe-tasks", "0", "--eval-tasks", "2"])
+    stages = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"stage"')]
+    assert [s["stage"] for s in stages] == ["answer", "latent"]
+    first = build_tiny_model.argument_parser().parse_args(stages[0]["argv"])
+    assert first.init_from == start and first.answer_weight == 5 and first.data_seed == aha_recipe.DATA_SEEDS["answer"]
+    assert json.loads((tmp_path / "aha-stages" / "recipe.json").read_text())["start_at"] == "answer"
+    assert (out / "model.safetensors").is_file()
+
+
 def test_the_recipe_asks_where_to_start(tmp_path, capsys):
     with pytest.raises(SystemExit):
         aha_recipe.main(["--out", str(tmp_path / "aha")])
