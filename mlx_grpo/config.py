@@ -20,6 +20,7 @@ from mlx_grpo.errors import UserError
 
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
 SCALE_REWARDS = ("group", "batch", "none")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 _MEMORY_UNITS = {"GB": 2**30, "G": 2**30, "MB": 2**20, "M": 2**20}
 # Qwen's documented early-stop text for budgeted thinking, verbatim (docs/recipe.md, [S1]): 24 tokens
 QWEN3_THINKING_STOP_TEXT = (
@@ -124,6 +125,9 @@ class TrainConfig:
     learning_rate: float = _setting(3e-6, "AdamW learning rate (LoRA wants ~10x a full fine-tune's; docs/recipe.md).")
     weight_decay: float = _setting(0.0, "AdamW weight decay.")
     warmup_steps: int = _setting(0, "Linear learning-rate warm-up steps.")
+    lr_schedule: str = _setting(
+        "constant", "Learning rate after the warm-up: constant, or decayed to 0 at max_steps.", choices=LR_SCHEDULES
+    )
     max_grad_norm: float = _setting(1.0, "Clip the gradient to this global norm.")
     grad_accumulation: int | None = _setting(
         None, "Micro-batches per update (splits the B*G rows); unset: 1, or the fewest that fit --max-memory."

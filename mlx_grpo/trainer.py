@@ -357,11 +357,21 @@ def _check_bad_steps(run_dir: Path, step: int, bad_steps: int, max_bad_steps: in
 
 
 def _schedule(config: TrainConfig):
-    lr = config.learning_rate
-    if config.warmup_steps == 0:
+    """The learning rate by optimizer step: a linear warm-up, then constant or decayed to 0 at
+    max_steps. A function of the step alone, which the checkpointed optimizer state carries."""
+    lr, warmup = config.learning_rate, config.warmup_steps
+    if config.lr_schedule == "constant" and warmup == 0:
         return lr
-    warm = optim.linear_schedule(lr / config.warmup_steps, lr, config.warmup_steps)
-    return optim.join_schedules([warm, lambda _: mx.array(lr)], [config.warmup_steps])
+    decay_steps = max(config.max_steps - warmup, 1)
+    after = {
+        "constant": lambda _: mx.array(lr),
+        "linear": optim.linear_schedule(lr, 0.0, decay_steps),
+        "cosine": optim.cosine_decay(lr, decay_steps),
+    }[config.lr_schedule]
+    if warmup == 0:
+        return after
+    warm = optim.linear_schedule(lr / warmup, lr, warmup)
+    return optim.join_schedules([warm, after], [warmup])
 
 
 def _set_memory_limit(budget: int | None) -> None:

@@ -177,3 +177,45 @@ def test_qlora_run_on_a_4bit_base_saves_adapters_that_mlx_lm_loads(tiny_model_pa
     weights = mx.load(str(out / "adapters.safetensors"))
     assert weights and all(k.endswith(("lora_a", "lora_b")) for k in weights)
     assert any(float(mx.abs(v).max()) > 0 for k, v in weights.items() if k.endswith("lora_b"))
+
+
+def reference_lr(update: int, lr: float, warmup: int, total: int, schedule: str) -> float:
+    """The rate of the 0-based `update`: linear warm-up from lr/warmup, then the schedule to 0 at `total`."""
+    if update < warmup:
+        return lr / warmup + (lr - lr / warmup) * update / warmup
+    done = (update - warmup) / (total - warmup)
+    return {"constant": lr, "linear": lr * (1 - done), "cosine": lr * 0.5 * (1 + math.cos(math.pi * done))}[schedule]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_each_step_uses_the_scheduled_learning_rate(tiny_model_path, tmp_path, spaces_reward, schedule):
+    config = tiny_config(
+        tiny_model_path, tmp_path / "run", max_steps=6, warmup_steps=2, lr_schedule=schedule, extra_reward=spaces_reward
+    )
+    train(config, progress=False)
+    logged = [m["lr"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
+    want = [reference_lr(t, config.learning_rate, 2, 6, schedule) for t in range(6)]
+    np.testing.assert_allclose(logged, want, rtol=1e-5)
+
+
+def test_a_run_stopped_mid_decay_resumes_on_the_same_schedule(tiny_model_path, tmp_path, spaces_reward):
+    def config(out):
+        return tiny_config(tiny_model_path, out, max_steps=5, lr_schedule="cosine", extra_reward=spaces_reward)
+
+    class Halt(Exception):
+        pass
+
+    def halt_after_step_2(metrics):
+        if metrics["step"] == 2:  # its checkpoint is saved (save_every 1): a crash right after it
+            raise Halt
+
+    train(config(tmp_path / "straight"), progress=False)
+    with pytest.raises(Halt):
+        run(prepare(config(tmp_path / "stopped")), on_step=halt_after_step_2, progress=False)
+    train(config(tmp_path / "stopped"), resume=True, progress=False)
+    straight, stopped = (read_jsonl(tmp_path / name / "metrics.jsonl") for name in ("straight", "stopped"))
+    assert [m["step"] for m in stopped] == [1, 2, 3, 4, 5]
+    assert [m["lr"] for m in stopped] == [m["lr"] for m in straight]
+    a, b = (mx.load(str(tmp_path / name / "adapters.safetensors")) for name in ("straight", "stopped"))
+    for k in a:
+        np.testing.assert_array_equal(np.array(a[k]), np.array(b[k]))
