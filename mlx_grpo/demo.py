@@ -148,7 +148,7 @@ def run_demo(options: DemoOptions, echo=print) -> dict:
     before = score(options.model, sets, config, progress=options.progress)
     echo(
         f"[2/3] GRPO: {config.max_steps} steps x {config.batch_size} prompts x {config.num_generations} "
-        f"completions, LoRA rank {config.lora_rank}, lr {config.learning_rate:g} -> {run_dir}"
+        f"completions, LoRA rank {config.lora_rank}, lr {config.learning_rate:g} ({config.lr_schedule}) -> {run_dir}"
     )
     summary = train(config, overwrite=options.overwrite, progress=options.progress)
     echo("[3/3] after training")

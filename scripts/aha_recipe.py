@@ -51,9 +51,13 @@ SUM_MIX = build_tiny_model.TraceMix(bare=0.0, give_up=0.1, sum_first=0.8, near=T
 LATENT_MIX = build_tiny_model.TraceMix(bare=0.0, give_up=0.35, sum_first=0.08, near=True, reversed_digits=True)
 LATENT_LR = 1e-4
 # The GRPO settings the warm start was measured with (scripts/README.md section 7): a sum try runs
-# to ~170 tokens, and 8 prompts a step keep the demo's 60 steps near its 10 minutes on 2 cores.
+# to ~170 tokens, and 8 prompts a step keep the demo's 60 steps near its 10 minutes on 2 cores; lr
+# 1e-4 decayed to 0 over them (cosine) ended every seed 16-19 points up, where a constant 5e-5 ended
+# seed 1 at +12-13 after a dip in its second half (scripts/README.md section 8).
 GRPO_PRESET = {
     "batch_size": 8,
+    "learning_rate": 1e-4,
+    "lr_schedule": "cosine",
     "max_completion_length": 192,
     "max_steps": 60,
     "eval_every": 30,

@@ -8,8 +8,10 @@ Both arms start from `--model` (default `weights/countdown-tiny`) and stop after
 seconds of training time; run a seed's two arms at once (one BLAS thread each) so that they share
 the machine's load.
 
-- grpo: the demo's run (the model folder's `mlx_grpo.yaml` preset, LoRA); training time is the sum of
-  its steps' `time/step` (sampling, scoring, update).
+- grpo: the demo's run (the model folder's `mlx_grpo.yaml` preset, LoRA, its learning-rate schedule
+  over the preset's steps), to its last step or the budget, whichever comes first (a budget longer
+  than the demo gives the supervised arm more time, not GRPO); training time is the sum of its
+  steps' `time/step` (sampling, scoring, update).
 - sft: the recipe's supervised training, continued: full weights, the recipe's learning rate and
   batch, on fresh generated tasks with the recipe's completions (`--sft-mix recipe`:
   `build_tiny_model.TraceMix()`, section 5's model's data; `latent-stage`: the last stage of
@@ -143,7 +145,7 @@ def run_sft(curve: Curve, config, seed: int, lr: float, batch_size: int, sft_mix
 
 def run_arm(args) -> None:
     with tempfile.TemporaryDirectory() as out:
-        options = DemoOptions(model=args.model, output_dir=out, seed=args.seed, max_steps=10**6)
+        options = DemoOptions(model=args.model, output_dir=out, seed=args.seed)  # the preset's steps
         config = train_config(options).replace(eval_every=0, save_every=10**6, log_completions_every=10**6)
         tasks = held_out_tasks(n=args.eval_tasks)
         label = args.arm
