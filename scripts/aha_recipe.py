@@ -53,7 +53,7 @@ LATENT_LR = 1e-4
 # The GRPO settings the warm start was measured with (scripts/README.md section 7): a sum try runs
 # to ~170 tokens, and 8 prompts a step keep the demo's 60 steps near its 10 minutes on 2 cores; lr
 # 1e-4 decayed to 0 over them (cosine) ended every seed 16-19 points up, where a constant 5e-5 ended
-# seed 1 at +12-13 after a dip in its second half (scripts/README.md section 8).
+# seed 1 at +12-13 after a dip in its second half (scripts/README.md, the end of section 7).
 GRPO_PRESET = {
     "batch_size": 8,
     "learning_rate": 1e-4,
