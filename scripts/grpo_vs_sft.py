@@ -201,10 +201,12 @@ def plot(results: Path, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    colours = {"grpo": "tab:orange", "sft": "tab:blue", "sft lr 0.0001": "tab:cyan"}
-    for f in sorted(results.glob("*.json")):
-        r = json.loads(f.read_text())
+    runs = [json.loads(f.read_text()) for f in sorted(results.glob("*.json"))]
+    fig, axes = plt.subplots(1, len(FIGURES), figsize=(18, 4))
+    # a colour per arm (GRPO orange, each supervised variant its own), a line style per seed
+    sft_arms = sorted({r["arm"] for r in runs} - {"grpo"})
+    colours = {"grpo": "tab:orange"} | dict(zip(sft_arms, ["tab:blue", "tab:cyan", "tab:green", "tab:purple"]))
+    for r in runs:
         style, seconds = ["-", "--", ":"][r["seed"] % 3], [p["train_s"] for p in r["points"]]
         for ax, key in zip(axes, FIGURES):
             label = f"{r['arm']} seed {r['seed']}"
