@@ -28,6 +28,14 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def assert_same_adapters(run_a, run_b):
+    """The two runs' saved adapters hold the same tensors, bit for bit."""
+    a, b = (mx.load(str(run / "adapters.safetensors")) for run in (run_a, run_b))
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(np.array(a[k]), np.array(b[k]))
+
+
 def test_run_writes_metrics_completions_and_mlx_lm_adapters(tiny_model_path, tmp_path, spaces_reward):
     out = tmp_path / "run"
     summary = train(tiny_config(tiny_model_path, out, extra_reward=spaces_reward), progress=False)
@@ -95,11 +103,7 @@ def test_resumed_run_ends_with_the_same_adapters(tiny_model_path, tmp_path, spac
     stopped = tmp_path / "stopped"
     train(config(stopped, 2), progress=False)
     train(config(stopped, 4), resume=True, progress=False)
-    a = mx.load(str(straight / "adapters.safetensors"))
-    b = mx.load(str(stopped / "adapters.safetensors"))
-    assert set(a) == set(b)
-    for k in a:
-        np.testing.assert_array_equal(np.array(a[k]), np.array(b[k]))
+    assert_same_adapters(straight, stopped)
     assert [m["step"] for m in read_jsonl(stopped / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
@@ -216,6 +220,4 @@ def test_a_run_stopped_mid_decay_resumes_on_the_same_schedule(tiny_model_path, t
     straight, stopped = (read_jsonl(tmp_path / name / "metrics.jsonl") for name in ("straight", "stopped"))
     assert [m["step"] for m in stopped] == [1, 2, 3, 4, 5]
     assert [m["lr"] for m in stopped] == [m["lr"] for m in straight]
-    a, b = (mx.load(str(tmp_path / name / "adapters.safetensors")) for name in ("straight", "stopped"))
-    for k in a:
-        np.testing.assert_array_equal(np.array(a[k]), np.array(b[k]))
+    assert_same_adapters(tmp_path / "straight", tmp_path / "stopped")
