@@ -1,3 +1,4 @@
 from mlx_grpo.launch import entry
 
-entry()
+if __name__ == "__main__":  # not in a spawned worker process, which imports this module too
+    entry()

@@ -4,10 +4,15 @@ The Linux `mlx-cpu` wheel links a bundled reference BLAS, which is ~35x slower t
 fp32 matmul. Preloading the system's OpenBLAS (`LD_PRELOAD`) makes MLX's BLAS calls resolve to it:
 only speed changes, never results beyond fp32 rounding. The preload must be in place before the
 process starts, so the CLI re-executes itself once with it; `MLX_GRPO_NO_OPENBLAS=1` opts out.
+
+Two processes that share two cores (the demo's training and its scoring process) each take one
+thread (`use_one_thread`): a second OpenBLAS thread spin-waits for work between the small matmuls of
+the bundled model, at ~4x the system time, on the core the other process computes on.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
@@ -100,3 +105,16 @@ def blas_info() -> str:
         if "libopenblas" in line:
             return f"OpenBLAS ({line.split()[-1]})"
     return "reference BLAS (mlx wheel)"
+
+
+def use_one_thread(environ: dict | None = None) -> bool:
+    """One OpenBLAS thread in this process from now on, unless `OPENBLAS_NUM_THREADS` is set.
+    Returns whether it did (False too where OpenBLAS is not loaded: the mlx wheel's BLAS, Accelerate)."""
+    if "OPENBLAS_NUM_THREADS" in (os.environ if environ is None else environ):
+        return False
+    try:
+        set_threads = ctypes.CDLL(None).openblas_set_num_threads
+    except (OSError, AttributeError):
+        return False
+    set_threads(1)
+    return True

@@ -1,25 +1,29 @@
 """The offline demo: the bundled tiny model scored before and after a short GRPO run.
 
-    mlx-grpo demo               # 7.5 min on a 2-core Intel Xeon VM (~15 on an AMD EPYC one); writes runs/demo
+    mlx-grpo demo               # 9.5 min on a 2-core AMD EPYC VM; writes runs/demo
     mlx-grpo demo --quick       # a smoke run of a few seconds (a few steps, a few tasks)
 
 1. Baseline: greedy accuracy and format rate of the bundled model (package data,
    mlx_grpo/weights/countdown-tiny; a checkout's weights/ links to it) on held-out generated tasks
    (generator seed EVAL_SEED, which neither the recipe nor the run trains on) and on the first rows
-   of ../shared/data/countdown_real_sample.jsonl when that file exists beside the checkout.
+   of ../shared/data/countdown_real_sample.jsonl when that file exists beside the checkout. On a CPU
+   with a spare core a second process scores it while step 2 runs (`mlx_grpo.scorer`).
 2. `mlx-grpo train --model weights/countdown-tiny`: the settings are the preset that ships in the
    model folder (`mlx_grpo.yaml`), so the demo trains exactly as that command does.
-3. The same evaluation with the trained adapters; a before/after table, and `demo.json` (both
-   evaluations) next to the run's metrics and its reward/accuracy plot.
+3. The same evaluation with the trained adapters (shared by both processes, when there are two); a
+   before/after table, and `demo.json` (both evaluations) next to the run's metrics and its
+   reward/accuracy plot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mlx_grpo import scorer
 from mlx_grpo.countdown import notation
 from mlx_grpo.countdown.generator import generate_tasks
 from mlx_grpo.countdown.tasks import Task
@@ -96,32 +100,6 @@ def train_config(options: DemoOptions):
     return build_config(None, overrides, base=preset_for_model(options.model))
 
 
-def score(model_path: str, sets: dict[str, list[Task]], config, *, adapter_path=None, progress=True) -> dict:
-    """Greedy accuracy / format rate / self-check rate of the model (with adapters, if given) on each
-    task set, and the set's first completion that rejects a candidate of its own and then solves it."""
-    from mlx_grpo.evaluate import evaluate
-    from mlx_grpo.model import load_model
-
-    model, tokenizer = load_model(model_path, adapter_path=adapter_path)
-    scores = {}
-    for name, tasks in sets.items():
-        samples = []
-        scores[name] = evaluate(
-            model,
-            tokenizer,
-            tasks,
-            max_tokens=config.max_completion_length,
-            batch_size=64,
-            enable_thinking=config.enable_thinking,
-            prefill=config.prefill,
-            progress=progress,
-            samples=samples,
-        )
-        corrected = (s for s in samples if s["correct"] and s["self_check"])
-        scores[name]["first_self_correction"] = next(corrected, None)
-    return scores
-
-
 def check_output_dir(path: Path, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} exists and is not a folder; choose another --output-dir")
@@ -132,7 +110,11 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
 
 
 def run_demo(options: DemoOptions, echo=print) -> dict:
-    """Baseline eval -> GRPO training with the model's preset -> eval again; returns demo.json's dict."""
+    """Baseline eval -> GRPO training with the model's preset -> eval again; returns demo.json's dict.
+
+    With a spare core (`scorer.spare_core`) a second process scores the baseline while GRPO trains,
+    then takes every other batch of the final scoring; the figures are those of one process.
+    """
     from mlx_grpo.trainer import train
 
     model_dir = Path(options.model)
@@ -144,22 +126,37 @@ def run_demo(options: DemoOptions, echo=print) -> dict:
     (run_dir / "demo.json").unlink(missing_ok=True)  # a replaced run's (--overwrite)
     start = time.time()
     sets = eval_sets(options)
-    echo(f"[1/3] baseline: {options.model} on " + ", ".join(f"{len(t)} {n}" for n, t in sets.items()))
-    before = score(options.model, sets, config, progress=options.progress)
-    echo(
-        f"[2/3] GRPO: {config.max_steps} steps x {config.batch_size} prompts x {config.num_generations} "
-        f"completions, LoRA rank {config.lora_rank}, lr {config.learning_rate:g} ({config.lr_schedule}) -> {run_dir}"
-    )
-    summary = train(config, overwrite=options.overwrite, progress=options.progress)
-    echo("[3/3] after training")
-    after = score(options.model, sets, config, adapter_path=str(run_dir), progress=options.progress)
+    todo = scorer.batches(sets)
+    base = scorer.Scoring(options.model, None, config.max_completion_length, config.enable_thinking, config.prefill)
+    trained = replace(base, adapter_path=str(run_dir))
+    with contextlib.ExitStack() as stack:
+        worker = stack.enter_context(scorer.Worker()) if scorer.spare_core() else None
+        where = " (a second process, beside the training)" if worker else ""
+        echo(f"[1/3] baseline: {options.model} on " + ", ".join(f"{len(t)} {n}" for n, t in sets.items()) + where)
+        if worker:
+            baseline = worker.submit(scorer.score_batches, base, sets, todo)
+        else:
+            scored_before = scorer.score_batches(base, sets, todo, options.progress)
+        echo(
+            f"[2/3] GRPO: {config.max_steps} steps x {config.batch_size} prompts x {config.num_generations} "
+            f"completions, LoRA rank {config.lora_rank}, lr {config.learning_rate:g} ({config.lr_schedule}) -> {run_dir}"
+        )
+        summary = train(config, overwrite=options.overwrite, progress=options.progress)
+        echo("[3/3] after training" + (" (both processes)" if worker else ""))
+        if worker:
+            theirs = worker.submit(scorer.score_batches, trained, sets, todo[1::2])
+            scored_after = scorer.score_batches(trained, sets, todo[0::2], options.progress)
+            scored_after |= theirs.get()
+            scored_before = baseline.get()
+        else:
+            scored_after = scorer.score_batches(trained, sets, todo, options.progress)
     result = {
         "model": options.model,
         "seed": options.seed,
         "steps": summary.get("step"),
         "wall_s": round(time.time() - start, 1),
-        "before": before,
-        "after": after,
+        "before": scorer.summarize(sets, scored_before),
+        "after": scorer.summarize(sets, scored_after),
         "plot": str(run_dir / "plots" / "reward_accuracy.png"),
     }
     (run_dir / "demo.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -6,6 +6,8 @@ With a thinking budget, both the greedy and the sampled pass run under it, as tr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import mlx.core as mx
 from tqdm import tqdm
 
@@ -47,34 +49,80 @@ def evaluate(
     """
     mine = distributed.shard(len(tasks))  # this rank's block: seeds follow the global positions
     before = len(samples) if samples is not None else 0
-    options = SamplingOptions(max_tokens, 0.0, budget=budget), SamplingOptions(max_tokens, temperature, budget=budget)
-    common = dict(enable_thinking=enable_thinking, prefill=prefill)
-    totals = dict.fromkeys(_COUNTS, 0)
-    for start in tqdm(
-        range(mine.start, mine.stop, batch_size), desc="eval", unit="batch", disable=not progress, leave=False
-    ):
-        chunk = tasks[start : min(start + batch_size, mine.stop)]
-        counts = _score_chunk(model, tokenizer, chunk, options, pass_k, seed + start, samples, common)
-        totals = {k: totals[k] + counts[k] for k in _COUNTS}
-    summed = dict(zip(_COUNTS, distributed.all_sum(mx.array([totals[k] for k in _COUNTS])).tolist()))
+    totals = count_batches(
+        model,
+        tokenizer,
+        tasks,
+        range(mine.start, mine.stop, batch_size),
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        pass_k=pass_k,
+        temperature=temperature,
+        enable_thinking=enable_thinking,
+        prefill=prefill,
+        seed=seed,
+        progress=progress,
+        samples=samples,
+        budget=budget,
+        stop=mine.stop,
+    )
+    summed = dict(zip(COUNTS, distributed.all_sum(mx.array([totals[k] for k in COUNTS])).tolist()))
     if samples is not None:  # every rank's, in task order
         samples[before:] = [s for share in distributed.gather(samples[before:]) for s in share]
-    n = max(len(tasks), 1)
+    return rates(summed, len(tasks), pass_k)
+
+
+def count_batches(
+    model,
+    tokenizer,
+    tasks: list[Task],
+    starts: Iterable[int],
+    *,
+    batch_size: int,
+    max_tokens: int,
+    pass_k: int = 1,
+    temperature: float = 1.0,
+    enable_thinking: bool = True,
+    prefill: str = "",
+    seed: int = 0,
+    progress: bool = False,
+    samples: list | None = None,
+    budget: ThinkingBudget | None = None,
+    stop: int | None = None,
+) -> dict:
+    """The raw counts (`COUNTS`) over the batches `tasks[start : start + batch_size]` (cut at `stop`)
+    for each start, as `evaluate` scores them: the same batches and seeds give the same completions
+    in any process, so counts from several processes add up to `evaluate`'s (`rates` turns them into
+    its figures)."""
+    options = SamplingOptions(max_tokens, 0.0, budget=budget), SamplingOptions(max_tokens, temperature, budget=budget)
+    common = dict(enable_thinking=enable_thinking, prefill=prefill)
+    stop = len(tasks) if stop is None else stop
+    totals = dict.fromkeys(COUNTS, 0)
+    for start in tqdm(list(starts), desc="eval", unit="batch", disable=not progress, leave=False):
+        chunk = tasks[start : min(start + batch_size, stop)]
+        counts = _score_chunk(model, tokenizer, chunk, options, pass_k, seed + start, samples, common)
+        totals = {k: totals[k] + counts[k] for k in COUNTS}
+    return totals
+
+
+def rates(counts: dict, num_tasks: int, pass_k: int = 1) -> dict:
+    """`evaluate`'s figures from summed `COUNTS` over `num_tasks` tasks."""
+    n = max(num_tasks, 1)
     result = {
-        "accuracy": summed["correct"] / n,
-        "format_rate": summed["well_formed"] / n,
-        "equation_rate": summed["equations"] / n,
-        "self_check_rate": summed["self_checks"] / n,
-        "completion_length": summed["length"] / n,
-        "forced_frac": summed["forced"] / n,
-        "num_tasks": len(tasks),
+        "accuracy": counts["correct"] / n,
+        "format_rate": counts["well_formed"] / n,
+        "equation_rate": counts["equations"] / n,
+        "self_check_rate": counts["self_checks"] / n,
+        "completion_length": counts["length"] / n,
+        "forced_frac": counts["forced"] / n,
+        "num_tasks": num_tasks,
     }
     if pass_k > 1:
-        result[f"pass@{pass_k}"] = summed["solved"] / n
+        result[f"pass@{pass_k}"] = counts["solved"] / n
     return result
 
 
-_COUNTS = ("correct", "well_formed", "equations", "self_checks", "length", "forced", "solved")
+COUNTS = ("correct", "well_formed", "equations", "self_checks", "length", "forced", "solved")
 
 
 def evaluate_as_trained(model, tokenizer, tasks: list[Task], config, *, batch_size: int, **options) -> dict:

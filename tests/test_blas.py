@@ -88,3 +88,35 @@ def test_reexec_loads_openblas_and_opt_out_keeps_reference_blas_with_same_result
 def test_blas_info_reports_this_process():
     preloaded = "libopenblas" in os.environ.get("LD_PRELOAD", "")
     assert blas.blas_info().startswith("OpenBLAS") == preloaded
+
+
+# Asks for one thread and reports OpenBLAS's thread count before and after.
+_THREADS_PROBE = """
+import ctypes, json
+from mlx_grpo.blas import use_one_thread
+import mlx.core as mx
+lib = ctypes.CDLL(None)
+before = lib.openblas_get_num_threads()
+changed = use_one_thread()
+print(json.dumps({"before": before, "changed": changed, "after": lib.openblas_get_num_threads()}))
+"""
+
+
+def _threads_probe(**extra) -> dict:
+    env = {k: v for k, v in _clean_env().items() if k != "OPENBLAS_NUM_THREADS"}
+    env.update(LD_PRELOAD=blas.OPENBLAS_PATH, **extra)
+    out = subprocess.run([sys.executable, "-c", _THREADS_PROBE], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@fast_path_possible
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenBLAS starts one thread per core")
+def test_one_thread_unless_the_user_chose():
+    default = _threads_probe()
+    assert default["before"] >= 2 and default["changed"] and default["after"] == 1
+    chosen = _threads_probe(OPENBLAS_NUM_THREADS="2")
+    assert not chosen["changed"] and chosen["before"] == chosen["after"] == 2
+
+
+def test_one_thread_leaves_a_user_choice_alone():
+    assert not blas.use_one_thread(environ={"OPENBLAS_NUM_THREADS": "2"})
