@@ -50,6 +50,14 @@ def one_try(threads: int, steps: int, out: Path) -> dict:
     }
 
 
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=4)
@@ -64,7 +72,7 @@ def main() -> None:
             for threads in tries:
                 tries[threads].append(one_try(threads, args.steps, Path(scratch) / f"t{threads}_{r}"))
     blas = "OpenBLAS (preloaded by the CLI)" if Path(OPENBLAS_PATH).is_file() else "the mlx wheel's reference BLAS"
-    print(f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, {platform.processor() or '?'}; {blas}")
+    print(f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, {cpu_model()}; {blas}")
     print(f"{args.steps} GRPO steps of the bundled model per try, {args.repeats} tries per setting, alternating")
     print("| BLAS threads | sampling s/step | update s/step | wall s | user s | sys s | same losses as 1 thread |")
     print("|---|---|---|---|---|---|---|")

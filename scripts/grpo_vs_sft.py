@@ -247,4 +247,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from mlx_grpo.blas import maybe_reexec_with_openblas
+
+    maybe_reexec_with_openblas()  # as the CLI does: OpenBLAS on a Linux CPU, the speed the figures were measured at
     main()
