@@ -14,9 +14,11 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from mlx_grpo.blas import use_one_thread
 from mlx_grpo.countdown.tasks import Task
+from mlx_grpo.errors import UserError
 
 BATCH = 64  # tasks decoded together
 
@@ -95,26 +97,85 @@ class Worker:
 
     Both processes compute with one BLAS thread while the block runs. The worker ignores Ctrl-C (the
     main process handles it, and leaving the block terminates the worker), and it imports everything
-    afresh: MLX's threads do not survive a fork.
+    afresh: MLX's threads do not survive a fork. A worker that dies (killed, out of memory) fails the
+    wait for its result with one line, where a `multiprocessing.Pool` would wait forever.
     """
 
     def __enter__(self) -> Worker:
-        self._pool = multiprocessing.get_context("spawn").Pool(1, initializer=_start_worker)
+        context = multiprocessing.get_context("spawn")
+        self._conn, theirs = context.Pipe()
+        self._process = context.Process(target=_serve, args=(theirs,), daemon=True)
+        self._process.start()
+        theirs.close()
+        self._submitted = 0
+        self._returned: dict[int, tuple[bool, object]] = {}  # job -> (succeeded, value or error)
         use_one_thread()
         return self
 
-    def submit(self, fn: Callable, *args):
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def submit(self, fn: Callable, *args) -> Pending:
         """Queue `fn(*args)`; the returned handle's `.get()` waits for the value (or raises its error)."""
-        return self._pool.apply_async(fn, args)
+        self._conn.send((fn, args))
+        self._submitted += 1
+        return Pending(self, self._submitted - 1)
+
+    def result(self, job: int):
+        while job not in self._returned:
+            while not self._conn.poll(1.0):
+                if not self._process.is_alive():
+                    self._died()
+            try:
+                done, succeeded, value = self._conn.recv()
+            except (EOFError, OSError):  # the worker's end closed: it died mid-message
+                self._process.join(5)
+                self._died()
+            self._returned[done] = (succeeded, value)
+        succeeded, value = self._returned.pop(job)
+        if not succeeded:
+            raise value
+        return value
+
+    def _died(self) -> NoReturn:
+        raise UserError(f"the second (scoring) process stopped, exit code {self._process.exitcode}")
 
     def __exit__(self, kind, *_) -> None:
         if kind is None:
-            self._pool.close()  # every result was waited for: the worker exits by itself
+            self._conn.send(None)  # no more work: the worker returns
         else:
-            self._pool.terminate()  # the block failed or was interrupted: stop the worker mid-batch
-        self._pool.join()
+            self._process.terminate()  # the block failed or was interrupted: stop the worker mid-batch
+        self._process.join()
+        self._conn.close()
 
 
-def _start_worker() -> None:
+@dataclass(frozen=True)
+class Pending:
+    """A call submitted to a `Worker`."""
+
+    worker: Worker
+    job: int
+
+    def get(self):
+        return self.worker.result(self.job)
+
+
+def _serve(conn) -> None:
+    """The worker's loop: `(fn, args)` messages in, `(job, succeeded, value or error)` out; None ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     use_one_thread()
+    job = 0
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:  # the main process is gone
+            return
+        if message is None:
+            return
+        fn, args = message
+        try:
+            conn.send((job, True, fn(*args)))
+        except Exception as error:
+            conn.send((job, False, error))
+        job += 1

@@ -1,15 +1,21 @@
-"""Scoring split over two processes gives exactly `evaluate`'s figures in one."""
+"""Scoring split over two processes gives exactly `evaluate`'s figures in one; the worker process
+returns values and errors in any order of waiting and fails the wait when it dies."""
 
 from __future__ import annotations
+
+import os
+import signal
+import time
 
 import pytest
 
 from mlx_grpo import scorer
 from mlx_grpo.countdown.generator import generate_tasks
 from mlx_grpo.demo import BUNDLED_MODEL
+from mlx_grpo.errors import UserError
 from mlx_grpo.evaluate import COUNTS
 
-pytestmark = pytest.mark.skipif(
+needs_bundled_model = pytest.mark.skipif(
     not (BUNDLED_MODEL / "model.safetensors").is_file(), reason="bundled model not built (scripts/build_tiny_model.py)"
 )
 MAX_TOKENS = 160
@@ -21,6 +27,7 @@ def sets():
     return {"first": generate_tasks(scorer.BATCH + 9, seed=5), "second": generate_tasks(11, seed=6)}
 
 
+@needs_bundled_model
 @pytest.mark.slow  # a spawned process (~5 s) and ~150 greedy completions twice
 def test_two_processes_score_exactly_as_evaluate_does_in_one(sets):
     from mlx_grpo.evaluate import evaluate
@@ -60,3 +67,23 @@ def test_summarize_refuses_a_set_with_a_batch_missing(sets):
     scored[("first", scorer.BATCH)] = (counts, [])
     result = scorer.summarize(sets, scored)
     assert result["first"]["accuracy"] == 2 / (scorer.BATCH + 9) and result["second"]["accuracy"] == 1 / 11
+
+
+def test_worker_returns_values_in_any_order_of_waiting_and_raises_its_errors():
+    with scorer.Worker() as worker:
+        first, second, failing = worker.submit(pow, 2, 3), worker.submit(pow, 3, 2), worker.submit(int, "x")
+        assert second.get() == 9 and first.get() == 8
+        with pytest.raises(ValueError, match="invalid literal"):
+            failing.get()
+        assert worker.submit(divmod, 7, 2).get() == (3, 1)  # still serving after an error
+    assert not os.path.exists(f"/proc/{worker.pid}")  # it returned and was reaped
+
+
+def test_a_worker_that_dies_fails_the_wait_instead_of_hanging():
+    start = time.monotonic()
+    with pytest.raises(UserError, match="exit code -9"):
+        with scorer.Worker() as worker:
+            pending = worker.submit(time.sleep, 120)
+            os.kill(worker.pid, signal.SIGKILL)
+            pending.get()
+    assert time.monotonic() - start < 60
