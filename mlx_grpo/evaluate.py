@@ -52,7 +52,7 @@ def evaluate(
     totals = count_batches(
         model,
         tokenizer,
-        tasks,
+        tasks[: mine.stop],
         range(mine.start, mine.stop, batch_size),
         batch_size=batch_size,
         max_tokens=max_tokens,
@@ -64,7 +64,6 @@ def evaluate(
         progress=progress,
         samples=samples,
         budget=budget,
-        stop=mine.stop,
     )
     summed = dict(zip(COUNTS, distributed.all_sum(mx.array([totals[k] for k in COUNTS])).tolist()))
     if samples is not None:  # every rank's, in task order
@@ -88,18 +87,15 @@ def count_batches(
     progress: bool = False,
     samples: list | None = None,
     budget: ThinkingBudget | None = None,
-    stop: int | None = None,
 ) -> dict:
-    """The raw counts (`COUNTS`) over the batches `tasks[start : start + batch_size]` (cut at `stop`)
-    for each start, as `evaluate` scores them: the same batches and seeds give the same completions
-    in any process, so counts from several processes add up to `evaluate`'s (`rates` turns them into
-    its figures)."""
+    """The raw counts (`COUNTS`) over the batches `tasks[start : start + batch_size]`, one per start,
+    as `evaluate` scores them: the same batches and seeds give the same completions in any process,
+    so counts from several processes add up to `evaluate`'s (`rates` turns them into its figures)."""
     options = SamplingOptions(max_tokens, 0.0, budget=budget), SamplingOptions(max_tokens, temperature, budget=budget)
     common = dict(enable_thinking=enable_thinking, prefill=prefill)
-    stop = len(tasks) if stop is None else stop
     totals = dict.fromkeys(COUNTS, 0)
     for start in tqdm(list(starts), desc="eval", unit="batch", disable=not progress, leave=False):
-        chunk = tasks[start : min(start + batch_size, stop)]
+        chunk = tasks[start : start + batch_size]
         counts = _score_chunk(model, tokenizer, chunk, options, pass_k, seed + start, samples, common)
         totals = {k: totals[k] + counts[k] for k in COUNTS}
     return totals

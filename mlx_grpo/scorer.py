@@ -76,7 +76,7 @@ def summarize(sets: dict[str, list[Task]], scored: dict) -> dict:
     result = {}
     for name, tasks in sets.items():
         mine = sorted((start, value) for (set_name, start), value in scored.items() if set_name == name)
-        if [start for start, _ in mine] != list(range(0, len(tasks), BATCH)):
+        if [start for start, _ in mine] != [start for _, start in batches({name: tasks})]:
             raise ValueError(f"{name}: scored batches {[s for s, _ in mine]} do not cover its {len(tasks)} tasks")
         counts = {k: sum(c[k] for _, (c, _) in mine) for k in COUNTS}
         samples = [s for _, (_, batch_samples) in mine for s in batch_samples]
@@ -118,9 +118,10 @@ class Worker:
 
     def submit(self, fn: Callable, *args) -> Pending:
         """Queue `fn(*args)`; the returned handle's `.get()` waits for the value (or raises its error)."""
-        self._conn.send((fn, args))
+        job = self._submitted
+        self._conn.send((job, fn, args))
         self._submitted += 1
-        return Pending(self, self._submitted - 1)
+        return Pending(self, job)
 
     def result(self, job: int):
         while job not in self._returned:
@@ -162,10 +163,9 @@ class Pending:
 
 
 def _serve(conn) -> None:
-    """The worker's loop: `(fn, args)` messages in, `(job, succeeded, value or error)` out; None ends it."""
+    """The worker's loop: `(job, fn, args)` messages in, `(job, succeeded, value or error)` out; None ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     use_one_thread()
-    job = 0
     while True:
         try:
             message = conn.recv()
@@ -173,9 +173,8 @@ def _serve(conn) -> None:
             return
         if message is None:
             return
-        fn, args = message
+        job, fn, args = message
         try:
             conn.send((job, True, fn(*args)))
         except Exception as error:
             conn.send((job, False, error))
-        job += 1
