@@ -1,6 +1,6 @@
 """The offline demo: the bundled tiny model scored before and after a short GRPO run.
 
-    mlx-grpo demo               # 8.9-11.5 min on a 2-core AMD EPYC VM; writes runs/demo
+    mlx-grpo demo               # 6.3-11.5 min on 2-core AMD EPYC VMs; writes runs/demo
     mlx-grpo demo --quick       # a smoke run of a few seconds (a few steps, a few tasks)
 
 1. Baseline: greedy accuracy and format rate of the bundled model (package data,
