@@ -14,7 +14,6 @@ section 8).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import sys
@@ -72,12 +71,13 @@ def main(argv=None) -> None:
     from mlx_grpo.demo import BUNDLED_MODEL, EVAL_SEED, held_out_tasks
 
     model, tokenizer = mlx_lm.load(args.model or str(BUNDLED_MODEL))
-    mix = dataclasses.replace(aha_recipe.SUM_MIX, fixable=aha_recipe.FIXABLE_SHARE)
+    mix, stage_args, _ = aha_recipe.recipe_stages()["execute"]
+    result_weight = float(dict(zip(stage_args[::2], stage_args[1::2]))["--result-weight"])
     exclude = set(held_out_tasks(EVAL_SEED))
     pairs, _ = next(build_tiny_model.training_batches(32, 1000, exclude, mix, False, 0.0))
     stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    ids, mask = build_tiny_model.make_batch(tokenizer, pairs, stop_id, pad_id, result_weight=5.0)
+    ids, mask = build_tiny_model.make_batch(tokenizer, pairs, stop_id, pad_id, result_weight)
     rows, width = ids.shape
     padding = 1 - float(np.array(ids != pad_id).mean())
 
