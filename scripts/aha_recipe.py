@@ -39,8 +39,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import build_tiny_model  # noqa: E402
+import supervised  # noqa: E402
 import yaml  # noqa: E402
 
+from mlx_grpo import distributed  # noqa: E402
 from mlx_grpo.config import read_config_file  # noqa: E402
 from mlx_grpo.demo import BUNDLED_MODEL  # noqa: E402
 from mlx_grpo.presets import PRESET_FILE  # noqa: E402
@@ -120,7 +122,10 @@ def main(argv=None) -> None:
     for path in (out, work):
         if path.exists():
             raise SystemExit(f"{path} exists; remove it or pick another --out")
-    work.mkdir(parents=True)
+    supervised.barrier()  # every rank has looked before rank 0 writes
+    main_rank = distributed.is_main()
+    if main_rank:
+        work.mkdir(parents=True)
     common = ["--seed", str(args.seed), "--probe-tasks", str(args.probe_tasks), "--log-every", str(args.log_every)]
     start_model = None if args.fresh else args.init_from
     previous, timings = start_model, {}
@@ -138,16 +143,19 @@ def main(argv=None) -> None:
             argv_stage += ["--init-from", str(previous)]
         else:
             argv_stage += ["--embed-std", "0.1"]  # a fresh 128-wide embedding (scripts/README.md section 7)
-        print(json.dumps({"stage": name, "argv": argv_stage}), flush=True)
+        if main_rank:
+            print(json.dumps({"stage": name, "argv": argv_stage}), flush=True)
         start = time.time()
         build_tiny_model.main(argv_stage)
         timings[name] = round(time.time() - start, 1)
         recipe = {"seed": args.seed, "from": start_model, "start_at": args.start_at, "wall_s": timings}
-        recipe["fixable_share"] = args.fixable_share
-        (work / "recipe.json").write_text(json.dumps(recipe))
+        recipe |= {"fixable_share": args.fixable_share, "ranks": distributed.world_size()}
+        if main_rank:
+            (work / "recipe.json").write_text(json.dumps(recipe))
         previous = target
-    write_preset(out)
-    print(json.dumps({"recipe_wall_s": round(sum(timings.values()), 1), **timings}), flush=True)
+    if main_rank:
+        write_preset(out)
+        print(json.dumps({"recipe_wall_s": round(sum(timings.values()), 1), **timings}), flush=True)
 
 
 def write_preset(model_dir: Path) -> None:
@@ -162,4 +170,5 @@ if __name__ == "__main__":
     from mlx_grpo.blas import maybe_reexec_with_openblas
 
     maybe_reexec_with_openblas()  # as the CLI does: OpenBLAS on a Linux CPU, the speed the figures were measured at
+    supervised.one_blas_thread_per_rank()
     main()

@@ -29,11 +29,11 @@ import random
 import time
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+import supervised
 
-from mlx_grpo import modelgen
+from mlx_grpo import distributed, modelgen
 from mlx_grpo.countdown import notation
 from mlx_grpo.countdown.generator import generate_tasks
 from mlx_grpo.countdown.traces import solution_candidate, wrong_candidate
@@ -81,11 +81,6 @@ def encode(tokenizer, lines: list[tuple[str, str]]) -> tuple[mx.array, mx.array]
     return mx.array(ids), mx.array(mask)
 
 
-def loss_fn(model, ids, mask):
-    logits = model(ids[:, :-1]).astype(mx.float32)  # [B, L-1, V]
-    return (nn.losses.cross_entropy(logits, ids[:, 1:]) * mask).sum() / mask.sum()
-
-
 def exact_match(model, ids, mask, ops: list[str]) -> dict[str, float]:
     """Share of rows whose every result token is the argmax given the true prefix (teacher forcing
     equals greedy decoding here: a row is right only if all its tokens are), overall and by operation."""
@@ -122,20 +117,19 @@ def train_lines(
 ):
     """AdamW (linear warmup over WARMUP steps, then `lr`) on `train` step lines written in `fmt`
     (and the (left, result) lines of `written_too[0]`), `batch_size` lines a step; logs exact match
-    on `test` (and `written_too[1]`, as "exact ->") every `eval_every` steps and returns the last."""
+    on `test` (and `written_too[1]`, as "exact ->") every `eval_every` steps and returns the last.
+    Data-parallel over `mlx.launch`'s ranks as `supervised.py` says; rank 0 alone scores and logs."""
     schedule = optim.join_schedules([optim.linear_schedule(lr / WARMUP, lr, WARMUP), lambda _: mx.array(lr)], [WARMUP])
     optimizer = optim.AdamW(learning_rate=schedule, weight_decay=0.0)
-    loss_and_grad = nn.value_and_grad(model, loss_fn)
+    step_on = supervised.sft_step(model, optimizer)
     train, test = written(train, fmt) + list(written_too[0]), written(test, fmt) + list(written_too[1])
     test_ids, test_mask = encode(tokenizer, test)
     ops = ["->" if notation.RESTATES in left else left.split()[1] for left, _ in test]
     rng, start, line = random.Random(seed), time.process_time(), {}
     for step in range(1, steps + 1):
-        ids, mask = encode(tokenizer, rng.sample(train, batch_size))
-        loss, grads = loss_and_grad(model, ids, mask)
-        optimizer.update(model, optim.clip_grad_norm(grads, 1.0)[0])
-        mx.eval(loss, model.parameters(), optimizer.state)
-        if step % eval_every == 0 or step == steps:
+        ids, mask = encode(tokenizer, supervised.my_rows(rng.sample(train, batch_size)))
+        loss = step_on(ids, mask)
+        if (step % eval_every == 0 or step == steps) and distributed.is_main():
             line = {"format": fmt, "step": step, "loss": round(loss.item(), 4)}
             line |= exact_match(model, test_ids, test_mask, ops) | {"cpu_s": round(time.process_time() - start)}
             log(json.dumps(line))

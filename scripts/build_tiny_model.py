@@ -48,12 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+import supervised
 from mlx.utils import tree_flatten
 
-from mlx_grpo import modelgen
+from mlx_grpo import distributed, modelgen
 from mlx_grpo.countdown import selfcheck
 from mlx_grpo.countdown.generator import generate_tasks
 from mlx_grpo.countdown.prompts import SYSTEM_PROMPT, USER_TEMPLATE, build_prompt
@@ -262,12 +262,6 @@ def make_batch(
     return mx.array(ids), mx.array(mask)
 
 
-def completion_loss(model, ids: mx.array, mask: mx.array) -> mx.array:
-    logits = model(ids[:, :-1]).astype(mx.float32)  # [B, L-1, V]
-    ce = nn.losses.cross_entropy(logits, ids[:, 1:])  # [B, L-1]
-    return (ce * mask).sum() / mask.sum()
-
-
 def example_batches(batch_size: int, seed: int, exclude: set[Task], mix: TraceMix):
     """Fresh generated tasks forever, `batch_size` (task, warm-start completion) pairs at a time,
     no task of `exclude` among them."""
@@ -353,7 +347,9 @@ def supervised_warm_start(
     log_every: int = 25,
     probe=None,
 ) -> list[dict]:
-    """AdamW on the completion-only loss for `steps` batches; returns the loss log.
+    """AdamW on the completion-only loss for `steps` batches; returns the loss log. Data-parallel
+    when `mlx.launch` started ranks (`supervised.py`): every rank draws the same batches and trains
+    on its rows of each; rank 0 alone probes and prints.
 
     `opening_only`: the mix's completions train their opening alone (`opening_end`), and a share
     `rehearse` of every batch is sum tries on tasks the try fixes, trained on the rest alone.
@@ -364,18 +360,15 @@ def supervised_warm_start(
     pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     mx.random.seed(seed)
     optimizer = optim.AdamW(learning_rate=lr_schedule(lr, steps, warmup, cooldown), weight_decay=0.0)
-    loss_and_grad = nn.value_and_grad(model, completion_loss)
+    step_on = supervised.sft_step(model, optimizer)
     batches = training_batches(batch_size, seed, exclude, mix, opening_only, rehearse)
     log, start, cpu_start, running = [], time.time(), time.process_time(), []
     for step in range(1, steps + 1):
         pairs, windows = next(batches)
+        pairs, windows = supervised.my_rows(pairs), windows and supervised.my_rows(windows)
         ids, mask = make_batch(tokenizer, pairs, stop_id, pad_id, result_weight, answer_weight, windows)
-        loss, grads = loss_and_grad(model, ids, mask)
-        grads, _ = optim.clip_grad_norm(grads, 1.0)
-        optimizer.update(model, grads)
-        mx.eval(loss, model.parameters(), optimizer.state)
-        running.append(loss.item())
-        if step % log_every == 0 or step == steps:
+        running.append(step_on(ids, mask).item())
+        if (step % log_every == 0 or step == steps) and distributed.is_main():
             log.append(
                 {
                     "step": step,
@@ -509,10 +502,9 @@ def main(argv=None) -> None:
     from mlx_grpo.demo import EVAL_SEED, MAX_TOKENS, held_out_tasks
 
     out = Path(args.out)
-    if out.exists():
-        if not args.overwrite:
-            raise SystemExit(f"{out} exists; pass --overwrite to rebuild it")
-        shutil.rmtree(out)
+    if out.exists() and not args.overwrite:
+        raise SystemExit(f"{out} exists; pass --overwrite to rebuild it")
+    supervised.barrier()  # every rank has looked before rank 0 writes
     shape = dict(
         hidden_size=args.hidden_size,
         num_hidden_layers=args.layers,
@@ -523,10 +515,13 @@ def main(argv=None) -> None:
     mix = trace_mix(args)
     max_tokens = args.max_tokens or MAX_TOKENS
     start = time.time()
-    if args.init_from:  # a second stage: the given model's tokenizer and weights, trained on
-        shutil.copytree(args.init_from, out, ignore=shutil.ignore_patterns("*.md", "*.yaml"))
-    else:
-        build_untrained(out, args.seed, shape, args.rope_theta, args.vocab_size, mix, args.embed_std)
+    if distributed.is_main():
+        shutil.rmtree(out, ignore_errors=True)
+        if args.init_from:  # a second stage: the given model's tokenizer and weights, trained on
+            shutil.copytree(args.init_from, out, ignore=shutil.ignore_patterns("*.md", "*.yaml"))
+        else:
+            build_untrained(out, args.seed, shape, args.rope_theta, args.vocab_size, mix, args.embed_std)
+    supervised.barrier()
     model, tokenizer = mlx_lm.load(str(out))
     exclude = set(held_out_tasks(EVAL_SEED))
     if args.arith_steps:  # stage 0: the arithmetic of one step line, ~7x cheaper per line than in a trace
@@ -587,6 +582,8 @@ def main(argv=None) -> None:
         log_every=args.log_every,
         probe=probe,
     )
+    if not distributed.is_main():
+        return
     config = json.loads((out / "config.json").read_text())
     modelgen.save_model(model, config, out)
     built_s = time.time() - start
@@ -609,4 +606,5 @@ if __name__ == "__main__":
     from mlx_grpo.blas import maybe_reexec_with_openblas
 
     maybe_reexec_with_openblas()  # as the CLI does: OpenBLAS on a Linux CPU, the speed the figures were measured at
+    supervised.one_blas_thread_per_rank()
     main()

@@ -37,6 +37,7 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import aha_recipe  # noqa: E402
 import build_tiny_model as recipe  # noqa: E402
+import supervised  # noqa: E402
 
 from mlx_grpo.demo import BUNDLED_MODEL, EVAL_SEED, DemoOptions, eval_sets, held_out_tasks, train_config  # noqa: E402
 
@@ -115,7 +116,6 @@ def run_grpo(curve: Curve, config) -> tuple:
 
 def run_sft(curve: Curve, config, seed: int, lr: float, batch_size: int, sft_mix: str) -> tuple:
     import mlx.core as mx
-    import mlx.nn as nn
     import mlx.optimizers as optim
     import mlx_lm
 
@@ -127,7 +127,7 @@ def run_sft(curve: Curve, config, seed: int, lr: float, batch_size: int, sft_mix
     exclude = set(held_out_tasks(EVAL_SEED))
     batches = recipe.training_batches(batch_size, 10_000 + seed, exclude, mix, opening_only, rehearse)
     optimizer = optim.AdamW(learning_rate=lr, weight_decay=0.0)
-    loss_and_grad = nn.value_and_grad(model, recipe.completion_loss)
+    step_on = supervised.sft_step(model, optimizer)
     mx.random.seed(seed)
     curve.add(0, 0.0, model, tokenizer, config)
     step, train_s = 0, 0.0
@@ -135,9 +135,7 @@ def run_sft(curve: Curve, config, seed: int, lr: float, batch_size: int, sft_mix
         start = time.perf_counter()
         pairs, windows = next(batches)
         ids, mask = recipe.make_batch(tokenizer, pairs, stop_id, pad_id, windows=windows)
-        loss, grads = loss_and_grad(model, ids, mask)
-        optimizer.update(model, optim.clip_grad_norm(grads, 1.0)[0])
-        mx.eval(loss, model.parameters(), optimizer.state)
+        step_on(ids, mask)
         step, train_s = step + 1, train_s + time.perf_counter() - start
         if curve.add(step, train_s, model, tokenizer, config):
             return model, tokenizer

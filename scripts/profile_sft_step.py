@@ -66,6 +66,7 @@ def main(argv=None) -> None:
     import mlx.optimizers as optim
     import mlx_lm
     import numpy as np
+    import supervised
 
     from mlx_grpo.blas import blas_info
     from mlx_grpo.demo import BUNDLED_MODEL, EVAL_SEED, held_out_tasks
@@ -82,13 +83,7 @@ def main(argv=None) -> None:
     padding = 1 - float(np.array(ids != pad_id).mean())
 
     optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.0)
-    loss_and_grad = nn.value_and_grad(model, build_tiny_model.completion_loss)
-
-    def step():
-        loss, grads = loss_and_grad(model, ids, mask)
-        grads, _ = optim.clip_grad_norm(grads, 1.0)
-        optimizer.update(model, grads)
-        mx.eval(loss, model.parameters(), optimizer.state)
+    step_on = supervised.sft_step(model, optimizer)
 
     layer = model.model.layers[0]
     hidden = layer.input_layernorm(model.model.embed_tokens(ids[:, :-1]))
@@ -98,8 +93,8 @@ def main(argv=None) -> None:
     mx.eval(hidden, logits, scores)
     compiled_exp = mx.compile(poly_exp)
     parts = [
-        ("training step (forward, backward, AdamW)", step),
-        ("forward and loss", lambda: mx.eval(build_tiny_model.completion_loss(model, ids, mask))),
+        ("training step (forward, backward, AdamW)", lambda: step_on(ids, mask)),
+        ("forward and loss", lambda: mx.eval(supervised.completion_loss(model, ids, mask))),
         ("one layer's attention", lambda: mx.eval(layer.self_attn(hidden, "causal"))),
         ("one layer's MLP", lambda: mx.eval(layer.mlp(hidden))),
         ("the loss's cross-entropy", lambda: mx.eval(nn.losses.cross_entropy(logits, ids[:, 1:]).sum())),

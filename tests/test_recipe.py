@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -204,3 +207,43 @@ def test_recipe_is_reproducible_from_its_seed(tmp_path):
     assert first == again
     assert first["model.safetensors"] != other["model.safetensors"]
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(first)
+
+
+def test_two_ranks_train_the_weights_one_process_trains(tmp_path):
+    """The recipe data-parallel (`supervised.py`): each rank trains on its rows of the same batches,
+    stage 0's step lines and the traces alike, and ends with one process's weights; rank 0 alone
+    writes and prints."""
+    import aha_recipe
+    from ring import load, ring_env, start
+
+    from mlx_grpo.demo import BUNDLED_MODEL
+
+    mix, stage_args, _ = aha_recipe.recipe_stages()["execute"]
+    argv = [sys.executable, str(Path(recipe.__file__)), *recipe.mix_arguments(mix), *stage_args]
+    argv += ["--init-from", str(BUNDLED_MODEL), "--batch-size", "6", "--sft-steps", "3", "--log-every", "1"]
+    argv += ["--arith-steps", "2", "--arith-batch-size", "6", "--lr", "3e-4", "--eval-tasks", "0"]
+
+    def train(out: Path, world: int) -> list[str]:
+        if world == 1:
+            procs = [start([*argv, "--out", str(out)], {k: v for k, v in os.environ.items() if k != "MLX_RANK"})]
+        else:
+            procs = [start([*argv, "--out", str(out)], env) for env in ring_env(world)]
+        outputs = [p.communicate(timeout=900) for p in procs]
+        for p, (_, err) in zip(procs, outputs):
+            assert p.returncode == 0, err
+        return [stdout for stdout, _ in outputs]
+
+    (one,), (rank0, rank1) = train(tmp_path / "one", 1), train(tmp_path / "two", 2)
+    assert rank1 == ""
+    logged = ('{"format"', '{"step"')  # stage 0's log lines, then the traces'
+    losses = [
+        [json.loads(line)["loss"] for line in out.splitlines() if line.startswith(logged)] for out in (one, rank0)
+    ]
+    assert len(losses[0]) == 1 + 3  # stage 0 logs its last step, then every trace step
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    start_weights = load(BUNDLED_MODEL / "model.safetensors")
+    want, got = load(tmp_path / "one" / "model.safetensors"), load(tmp_path / "two" / "model.safetensors")
+    assert sorted(got) == sorted(want) == sorted(start_weights)
+    flat = [np.concatenate([w[n].ravel() for n in sorted(w)]) for w in (got, want, start_weights)]
+    moved = np.linalg.norm(flat[1] - flat[2])
+    assert moved > 0 and np.linalg.norm(flat[0] - flat[1]) < 1e-3 * moved
