@@ -2,6 +2,7 @@
 
     python scripts/build_tiny_model.py --out /tmp/base      # section 5's bare-answer model (~25 min)
     python scripts/aha_recipe.py --from /tmp/base --out /tmp/aha
+    python scripts/ranks.py -n 2 scripts/aha_recipe.py --from /tmp/base --out /tmp/aha   # two ranks
     python scripts/aha_recipe.py --start-at answer --out /tmp/aha \
         --from scripts/results/aha/checkpoints/F7-execute-more     # the last two stages (~40 min)
 

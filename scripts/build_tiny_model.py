@@ -2,6 +2,10 @@
 
     python scripts/build_tiny_model.py                      # the shipped recipe (~25 min of one core)
     python scripts/build_tiny_model.py --out /tmp/m --sft-steps 300 --seed 1
+    python scripts/ranks.py -n 2 scripts/build_tiny_model.py --out /tmp/m   # data-parallel, two ranks
+
+Two ranks (`ranks.py`, or `mlx.launch`) split every batch (`supervised.py`): on a 2-core machine a
+step of one process computes on one core, so two take less time for the same model (to rounding).
 
 Three stages, each reproducible from `--seed`:
 
@@ -349,7 +353,8 @@ def supervised_warm_start(
 ) -> list[dict]:
     """AdamW on the completion-only loss for `steps` batches; returns the loss log. Data-parallel
     when `mlx.launch` started ranks (`supervised.py`): every rank draws the same batches and trains
-    on its rows of each; rank 0 alone probes and prints.
+    on its rows of each; the probe runs on every rank (`evaluate` shares its tasks among them), and
+    rank 0 alone prints.
 
     `opening_only`: the mix's completions train their opening alone (`opening_end`), and a share
     `rehearse` of every batch is sum tries on tasks the try fixes, trained on the rest alone.
@@ -368,7 +373,7 @@ def supervised_warm_start(
         pairs, windows = supervised.my_rows(pairs), windows and supervised.my_rows(windows)
         ids, mask = make_batch(tokenizer, pairs, stop_id, pad_id, result_weight, answer_weight, windows)
         running.append(step_on(ids, mask).item())
-        if (step % log_every == 0 or step == steps) and distributed.is_main():
+        if step % log_every == 0 or step == steps:
             log.append(
                 {
                     "step": step,
@@ -379,7 +384,8 @@ def supervised_warm_start(
             )
             if probe is not None:
                 log[-1].update(probe(model))
-            print(json.dumps(log[-1]), flush=True)
+            if distributed.is_main():
+                print(json.dumps(log[-1]), flush=True)
             running = []
     return log
 
@@ -582,10 +588,8 @@ def main(argv=None) -> None:
         log_every=args.log_every,
         probe=probe,
     )
-    if not distributed.is_main():
-        return
-    config = json.loads((out / "config.json").read_text())
-    modelgen.save_model(model, config, out)
+    if distributed.is_main():
+        modelgen.save_model(model, json.loads((out / "config.json").read_text()), out)
     built_s = time.time() - start
     result = {
         "seed": args.seed,
@@ -598,8 +602,9 @@ def main(argv=None) -> None:
         result["arith"] = arith_log
     if args.eval_tasks:
         tasks = held_out_tasks(args.eval_seed if args.eval_seed is not None else EVAL_SEED)[: args.eval_tasks]
-        result.update(held_out_accuracy(model, tokenizer, tasks, max_tokens))
-    print(json.dumps(result))
+        result.update(held_out_accuracy(model, tokenizer, tasks, max_tokens))  # every rank scores a share
+    if distributed.is_main():
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

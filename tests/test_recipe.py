@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -210,40 +211,50 @@ def test_recipe_is_reproducible_from_its_seed(tmp_path):
 
 
 def test_two_ranks_train_the_weights_one_process_trains(tmp_path):
-    """The recipe data-parallel (`supervised.py`): each rank trains on its rows of the same batches,
-    stage 0's step lines and the traces alike, and ends with one process's weights; rank 0 alone
-    writes and prints."""
+    """The recipe data-parallel (`supervised.py`, started by `ranks.py`): each rank trains on its
+    rows of the same batches, stage 0's step lines and the traces alike, and they end with one
+    process's weights; the probes and the final score share their tasks (`evaluate`), and rank 0
+    alone writes and prints."""
     import aha_recipe
-    from ring import load, ring_env, start
+    from ring import load
 
     from mlx_grpo.demo import BUNDLED_MODEL
 
+    scripts = Path(recipe.__file__).parent
     mix, stage_args, _ = aha_recipe.recipe_stages()["execute"]
-    argv = [sys.executable, str(Path(recipe.__file__)), *recipe.mix_arguments(mix), *stage_args]
+    argv = [str(scripts / "build_tiny_model.py"), *recipe.mix_arguments(mix), *stage_args]
     argv += ["--init-from", str(BUNDLED_MODEL), "--batch-size", "6", "--sft-steps", "3", "--log-every", "1"]
-    argv += ["--arith-steps", "2", "--arith-batch-size", "6", "--lr", "3e-4", "--eval-tasks", "0"]
+    argv += ["--arith-steps", "2", "--arith-batch-size", "6", "--lr", "3e-4", "--eval-tasks", "6"]
+    argv += ["--probe-tasks", "4", "--max-tokens", "24"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_")}
 
-    def train(out: Path, world: int) -> list[str]:
-        if world == 1:
-            procs = [start([*argv, "--out", str(out)], {k: v for k, v in os.environ.items() if k != "MLX_RANK"})]
-        else:
-            procs = [start([*argv, "--out", str(out)], env) for env in ring_env(world)]
-        outputs = [p.communicate(timeout=900) for p in procs]
-        for p, (_, err) in zip(procs, outputs):
-            assert p.returncode == 0, err
-        return [stdout for stdout, _ in outputs]
+    def train(out: Path, ranks: list[str]) -> str:
+        args = [sys.executable, *ranks, *argv, "--out", str(out)]
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
 
-    (one,), (rank0, rank1) = train(tmp_path / "one", 1), train(tmp_path / "two", 2)
-    assert rank1 == ""
-    logged = ('{"format"', '{"step"')  # stage 0's log lines, then the traces'
-    losses = [
-        [json.loads(line)["loss"] for line in out.splitlines() if line.startswith(logged)] for out in (one, rank0)
-    ]
-    assert len(losses[0]) == 1 + 3  # stage 0 logs its last step, then every trace step
+    one, two = train(tmp_path / "one", []), train(tmp_path / "two", [str(scripts / "ranks.py"), "-n", "2"])
+    logged = ('{"format"', '{"step"', '{"seed"')  # stage 0's log line, the traces', the result
+    lines = [[json.loads(line) for line in out.splitlines() if line.startswith(logged)] for out in (one, two)]
+    assert len(lines[0]) == len(lines[1]) == 1 + 3 + 1  # rank 1 prints nothing
+    losses = [[line.get("loss", line.get("final_loss")) for line in run] for run in lines]
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    for got, want in zip(lines[1], lines[0]):  # the same figures, scored in other batches
+        assert sorted(got) == sorted(want)
+    assert lines[1][-1]["num_tasks"] == 6 and "probe/accuracy" in lines[1][1]
     start_weights = load(BUNDLED_MODEL / "model.safetensors")
     want, got = load(tmp_path / "one" / "model.safetensors"), load(tmp_path / "two" / "model.safetensors")
     assert sorted(got) == sorted(want) == sorted(start_weights)
     flat = [np.concatenate([w[n].ravel() for n in sorted(w)]) for w in (got, want, start_weights)]
     moved = np.linalg.norm(flat[1] - flat[2])
     assert moved > 0 and np.linalg.norm(flat[0] - flat[1]) < 1e-3 * moved
+
+
+def test_ranks_exits_with_a_failing_rank_s_status(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text("import os, sys\nsys.exit(3 if os.environ['MLX_RANK'] == '1' else 0)\n")
+    ranks = Path(recipe.__file__).parent / "ranks.py"
+    for world, status in ((2, 3), (1, 0)):
+        args = [sys.executable, str(ranks), "-n", str(world), str(script)]
+        assert subprocess.run(args, capture_output=True, timeout=120).returncode == status
