@@ -3,8 +3,9 @@
     python scripts/bench_dist.py [--steps 8] [--warmup 2] [--json out.json]
 
 The same global batch (B prompts x G completions, the bundled weights/countdown-tiny model) is
-trained with one process, then with two ranks started by `mlx.launch --backend ring` on this
-machine, each process limited to one BLAS/OpenMP thread. Per step the trainer logs `time/step`
+trained with one process, then with two ranks on this machine's ring, started by `mlx.launch
+--backend ring` and then by `scripts/ranks.py` (no forwarding loop of its own; scripts/README.md
+section 8), each process limited to one BLAS/OpenMP thread. Per step the trainer logs `time/step`
 (the slowest rank's); completions/s is B·G over its median after the warm-up steps, and the
 scaling efficiency is the 2-rank rate over twice the 1-rank rate. The CPU seconds of each whole run
 (all ranks) are printed too: on a loaded machine they say what the work cost where wall time cannot. Both ranks share one machine's
@@ -45,13 +46,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(world: int, steps: int, warmup: int, folder: Path) -> dict:
-    """Train `steps` steps with `world` ranks; completions/s over the steps after the warm-up."""
-    out = folder / f"ranks-{world}"
+def measure(world: int, steps: int, warmup: int, folder: Path, launcher: str = "") -> dict:
+    """Train `steps` steps with `world` ranks started by `launcher` ("mlx.launch" or "ranks.py");
+    completions/s over the steps after the warm-up."""
+    out = folder / f"ranks-{world}-{launcher}"
     command = train_command(out, steps)
-    if world > 1:
+    if launcher == "mlx.launch":
         launch = [str(BIN / "mlx.launch"), "-n", str(world), "--backend", "ring", "-p", str(free_port()), "--"]
         command = launch + command
+    elif launcher == "ranks.py":
+        command = [sys.executable, str(REPO / "scripts" / "ranks.py"), "-n", str(world), *command]
     env = {**os.environ, **ONE_THREAD}
     cpu_before = _children_cpu()
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
@@ -64,6 +68,7 @@ def measure(world: int, steps: int, warmup: int, folder: Path) -> dict:
     completions = WORKLOAD["batch_size"] * WORKLOAD["num_generations"]
     return {
         "ranks": world,
+        "launcher": launcher or "none",
         "step_s_median": median,
         "completions_per_s": completions / median,
         "cpu_s_whole_run": round(cpu, 1),  # every rank, start-up included: what the work costs, load aside
@@ -84,24 +89,28 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-dist-"))
     try:
         load_before = os.getloadavg()[0]
-        results = [measure(world, args.steps, args.warmup, folder) for world in (1, 2)]
+        runs = ((1, ""), (2, "mlx.launch"), (2, "ranks.py"))
+        results = [measure(world, args.steps, args.warmup, folder, launcher) for world, launcher in runs]
         load_after = os.getloadavg()[0]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    one, two = results
+    one = results[0]
     report = {
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores",
         "load_average": [round(load_before, 2), round(load_after, 2)],
         "workload": {**WORKLOAD, "steps": args.steps, "warmup": args.warmup, "threads_per_rank": 1},
         "results": results,
-        "scaling_efficiency": two["completions_per_s"] / (2 * one["completions_per_s"]),
+        "scaling_efficiency": {
+            r["launcher"]: r["completions_per_s"] / (2 * one["completions_per_s"]) for r in results[1:]
+        },
     }
     for r in results:
         print(
-            f"{r['ranks']} rank(s): {r['completions_per_s']:.1f} completions/s "
+            f"{r['ranks']} rank(s), {r['launcher']}: {r['completions_per_s']:.1f} completions/s "
             f"(median step {r['step_s_median']:.3f} s; {r['cpu_s_whole_run']} CPU s for the whole run)"
         )
-    print(f"scaling efficiency: {report['scaling_efficiency']:.0%} (same machine; load {report['load_average']})")
+    for launcher, efficiency in report["scaling_efficiency"].items():
+        print(f"scaling efficiency, {launcher}: {efficiency:.0%} (same machine; load {report['load_average']})")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
