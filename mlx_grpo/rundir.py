@@ -24,6 +24,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -323,6 +324,7 @@ def prepare_run_dir(run_dir: str | Path, config_dict: dict, *, resume: bool, ove
         if checkpoint is None:
             raise UserError(f"nothing to resume in {run_dir} (no checkpoint found)")
         _check_same_run(run_dir, config_dict)
+        _clear_write_leftovers(run_dir)
         return checkpoint
     if has_run and not overwrite:
         raise UserError(
@@ -331,6 +333,14 @@ def prepare_run_dir(run_dir: str | Path, config_dict: dict, *, resume: bool, ove
     if run_dir.is_dir() and not has_run and any(p.name != LOCK for p in run_dir.iterdir()):
         raise UserError(f"output dir {run_dir} is not empty and does not hold a run; choose another --output-dir")
     return None
+
+
+def _clear_write_leftovers(run_dir: Path) -> None:
+    """Remove the temporary files of `write_text` calls that a killed run never finished
+    (`.NAME.PID.tmp`); the run that holds the lock is the folder's only writer."""
+    for stale in run_dir.rglob(".*.tmp"):
+        if stale.is_file() and re.fullmatch(r"\..+\.\d+\.tmp", stale.name):
+            stale.unlink(missing_ok=True)
 
 
 def _check_writable(run_dir: Path) -> None:
