@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,9 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from ranks import ring_hosts  # noqa: E402  (the launcher's own free-port hostfile)
+
 WORKER = ROOT / "tests" / "dist_worker.py"
 TIMINGS = ("time/", "tokens_per_s", "peak_memory_gb", "peak_rss_gb", "sampling/generate_s")
 UPDATE_FIGURES = ("loss", "kl", "clip_frac/low", "clip_frac/high", "ratio/mean", "grad_norm")
@@ -51,12 +53,7 @@ def settings(model_path, out, reward, **overrides) -> dict:
 
 def ring_env(world: int) -> list[dict]:
     """The environment of each rank of a localhost ring (free ports, a hostfile as mlx.launch writes)."""
-    sockets = [socket.socket() for _ in range(world)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    hosts = [[f"127.0.0.1:{s.getsockname()[1]}"] for s in sockets]
-    for s in sockets:
-        s.close()
+    hosts = ring_hosts(world)
     hostfile = Path(os.environ.get("TMPDIR", "/tmp")) / f"mlx-grpo-ring-{os.getpid()}-{hosts[0][0][10:]}.json"
     hostfile.write_text(json.dumps(hosts))
     return [{**os.environ, "MLX_RANK": str(r), "MLX_HOSTFILE": str(hostfile)} for r in range(world)]
