@@ -123,4 +123,6 @@ def is_well_formed(completion: str, assistant_prefix: str = "") -> bool:
 
 def _is_answer_block(text: str) -> bool:
     # "<answer>", then anything without "</answer>", then "</answer>" as the very end
-    return text.startswith("<answer>") and text.find("</answer>", len("<answer>")) == len(text) - len("</answer>")
+    # (a text shorter than "</answer>" has find == -1 == len - 9: "<answer>" alone must not pass)
+    end = len(text) - len("</answer>")
+    return end >= len("<answer>") and text.startswith("<answer>") and text.find("</answer>", len("<answer>")) == end
